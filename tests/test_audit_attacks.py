@@ -1,0 +1,253 @@
+"""Membership attacks, memorization and per-block risk against hand-computed values on a tiny GPT-2."""
+
+import copy
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from hf_dpkd.audit.blocks import find_transformer_blocks, per_block_mope
+from hf_dpkd.audit.memorization import memorization_gap
+from hf_dpkd.audit.mia import (
+    compute_membership_scores,
+    min_k_plus_plus_score,
+    min_k_score,
+    mope_scores,
+    run_membership_inference,
+)
+from hf_dpkd.audit.scoring import score_records
+
+PREFIX = "Business Category: Restaurants\tReview Stars: 5.0\n\n"
+
+
+def byte_tokenizer():
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab["<|endoftext|>"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    eos = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eos, bos_token=eos, pad_token=eos)
+
+
+def tiny_gpt2(seed=0, n_layer=2):
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=257,
+        n_positions=128,
+        n_embd=32,
+        n_layer=n_layer,
+        n_head=2,
+        bos_token_id=256,
+        eos_token_id=256,
+    )
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_gpt2()
+
+
+RECORDS = [
+    (PREFIX, "The soup was great."),
+    (PREFIX, "Terrible service, cold fries and a long wait"),
+    ("", "no prefix here"),
+    ("Review Stars: 1.0\n\n", "x"),
+]
+
+
+def reference_token_stats(model, tok, prefix, text):
+    """Slow reference: one forward per record, explicit loop over text tokens."""
+    ctx = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else [tok.bos_token_id]
+    txt = tok(text, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + txt])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+    lp, mu, sd = [], [], []
+    for j, t in enumerate(txt):
+        row = logp[len(ctx) + j - 1]
+        lp.append(row[t].item())
+        m = sum(row.exp()[v].item() * row[v].item() for v in range(row.numel()))
+        s2 = sum(row.exp()[v].item() * row[v].item() ** 2 for v in range(row.numel())) - m * m
+        mu.append(m)
+        sd.append(max(s2, 0.0) ** 0.5)
+    return np.array(lp), np.array(mu), np.array(sd)
+
+
+def test_scores_match_loop_and_exclude_prefix(model, tok):
+    scored = score_records(model, tok, RECORDS, batch_size=3, show_progress=False)
+    for (prefix, text), s in zip(RECORDS, scored):
+        lp, mu, sd = reference_token_stats(model, tok, prefix, text)
+        assert s.num_tokens == len(tok(text, add_special_tokens=False)["input_ids"])  # text tokens only
+        np.testing.assert_allclose(s.token_logprobs, lp, atol=1e-5)
+        np.testing.assert_allclose(s.mu, mu, atol=1e-5)
+        np.testing.assert_allclose(s.sigma, sd, atol=1e-4)
+        assert s.loss == pytest.approx(-lp.mean(), abs=1e-5)
+
+
+def test_batching_and_padding_do_not_change_scores(model, tok):
+    a = score_records(model, tok, RECORDS, batch_size=1, show_progress=False)
+    b = score_records(model, tok, RECORDS, batch_size=4, show_progress=False)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.token_logprobs, y.token_logprobs, atol=1e-5)
+
+
+def test_min_k_known_vector():
+    v = np.array([-0.1, -5.0, -2.0, -0.3, -4.0, -1.0, -0.2, -3.0, -0.5, -0.4])
+    assert min_k_score(v, 0.2) == pytest.approx((-5.0 - 4.0) / 2)
+    assert min_k_score(v, 0.05) == pytest.approx(-5.0)  # at least one token
+    assert min_k_score(v, 1.0) == pytest.approx(v.mean())
+    mu, sd = np.full(10, -1.0), np.full(10, 2.0)
+    assert min_k_plus_plus_score(v, mu, sd, 0.2) == pytest.approx(((-5.0 + 1) / 2 + (-4.0 + 1) / 2) / 2)
+    with pytest.raises(ValueError, match="k=0 must be a fraction"):
+        min_k_score(v, 0)
+
+
+def test_attack_scores_hand_computed(model, tok):
+    ref = tiny_gpt2(seed=1)
+    attacks = ["loss", "zlib", "min_k", "min_k_plus_plus", "reference"]
+    s = compute_membership_scores(
+        model, tok, RECORDS, attacks=attacks, reference_model=ref, show_progress=False
+    )
+    for i, (prefix, text) in enumerate(RECORDS):
+        lp, mu, sd = reference_token_stats(model, tok, prefix, text)
+        rlp, _, _ = reference_token_stats(ref, tok, prefix, text)
+        loss = -lp.mean()
+        assert s["loss"][i] == pytest.approx(-loss, abs=1e-5)
+        assert s["zlib"][i] == pytest.approx(-loss / len(zlib.compress(text.encode())), abs=1e-6)
+        n = max(1, int(len(lp) * 0.2))
+        assert s["min_k"][i] == pytest.approx(np.sort(lp)[:n].mean(), abs=1e-5)
+        assert s["min_k_plus_plus"][i] == pytest.approx(np.sort((lp - mu) / sd)[:n].mean(), abs=1e-3)
+        assert s["reference"][i] == pytest.approx(-rlp.mean() - loss, abs=1e-5)
+
+
+def test_mope_matches_manual_perturbation_and_leaves_model_alone(model, tok):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = mope_scores(model, tok, RECORDS, sigma=0.01, num_perturbations=3, seed=7, show_progress=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"caller's model changed at {k}"
+    # reference: same noise stream, explicit copies, explicit loss loop
+    gen = torch.Generator().manual_seed(7)
+    base = np.array([-reference_token_stats(model, tok, p, t)[0].mean() for p, t in RECORDS])
+    diffs = []
+    for _ in range(3):
+        m2 = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in m2.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+        diffs.append(np.array([-reference_token_stats(m2, tok, p, t)[0].mean() for p, t in RECORDS]) - base)
+    np.testing.assert_allclose(got, np.mean(diffs, axis=0), atol=1e-5)
+    again = mope_scores(model, tok, RECORDS, sigma=0.01, num_perturbations=3, seed=7, show_progress=False)
+    np.testing.assert_allclose(got, again)  # seeded
+
+
+def _train(model, tok, texts, steps=60, lr=3e-3):
+    model = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    batch = [tok(PREFIX + t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(b) for b in batch)
+    ids = torch.full((len(batch), width), tok.pad_token_id)
+    labels = torch.full((len(batch), width), -100)
+    for i, b in enumerate(batch):
+        ids[i, : len(b)] = torch.tensor(b)
+        labels[i, : len(b)] = torch.tensor(b)
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained(model, tok):
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "food", "slow", "cheap", "tasty", "staff", "pizza", "wine", "noisy"]
+    texts = [" ".join(rng.choice(words, 6)) for _ in range(24)]
+    members, non_members = texts[:12], texts[12:]
+    return _train(model, tok, members), [(PREFIX, t) for t in members], [(PREFIX, t) for t in non_members]
+
+
+def test_run_membership_inference_detects_overfit_members(trained, model, tok):
+    target, members, non_members = trained
+    res = run_membership_inference(
+        target,
+        tok,
+        members,
+        non_members,
+        reference_model=model,
+        mope_num_perturbations=2,
+        show_progress=False,
+    )
+    assert set(res) == {"loss", "zlib", "min_k", "min_k_plus_plus", "reference", "mope"}
+    assert res["loss"]["auc"] > 0.9 and res["reference"]["auc"] > 0.9
+    for r in res.values():
+        assert 0.0 <= r["auc"] <= 1.0 and 0.0 <= r["tpr@fpr=0.1%"] <= r["tpr@fpr=25%"] <= 1.0
+    no_ref = run_membership_inference(
+        target, tok, members, non_members, attacks=None, mope_num_perturbations=1, show_progress=False
+    )
+    assert "reference" not in no_ref
+
+
+def test_attack_input_errors(model, tok):
+    with pytest.raises(ValueError, match="reference_model=None"):
+        run_membership_inference(model, tok, ["a"], ["b"], attacks=["reference"], show_progress=False)
+    with pytest.raises(ValueError, match=r"unknown \['lira'\]"):
+        run_membership_inference(model, tok, ["a"], ["b"], attacks=["lira"], show_progress=False)
+    with pytest.raises(ValueError, match=r"members\[1\] has no text tokens"):
+        run_membership_inference(model, tok, ["ab", ""], ["b"], attacks=["loss"], show_progress=False)
+    with pytest.raises(TypeError, match=r"non_members\[0\]=3"):
+        run_membership_inference(model, tok, ["a"], [3], attacks=["loss"], show_progress=False)
+    with pytest.raises(ValueError, match="sigma=0 must be > 0"):
+        mope_scores(model, tok, ["a"], sigma=0, show_progress=False)
+
+
+def test_memorization_gap(trained, tok):
+    target, members, non_members = trained
+    res = memorization_gap(
+        target, tok, members, non_members, prompt_tokens=8, num_tokens=16, batch_size=5, show_progress=False
+    )
+    assert res["member_mean"] > res["non_member_mean"]
+    assert res["gap"] == pytest.approx(res["member_mean"] - res["non_member_mean"])
+    # batched (left-padded) generation agrees with one record at a time
+    one = memorization_gap(
+        target, tok, members, non_members, prompt_tokens=8, num_tokens=16, batch_size=1, show_progress=False
+    )
+    np.testing.assert_allclose(res["member_scores"], one["member_scores"])
+    # hand check of the first member: greedy loop without generate()
+    prefix, text = members[0]
+    ctx = tok(prefix, add_special_tokens=False)["input_ids"]
+    txt = tok(text, add_special_tokens=False)["input_ids"]
+    ids = ctx + txt[:8]
+    true = txt[8:24]
+    with torch.no_grad():
+        for _ in range(len(true)):
+            ids.append(int(target(torch.tensor([ids])).logits[0, -1].argmax()))
+    expected = np.mean([a == b for a, b in zip(ids[len(ctx) + 8 :], true)])
+    assert res["member_scores"][0] == pytest.approx(expected)
+    assert 0 < res["member_mean"] <= 1
+    with pytest.raises(ValueError, match="num_tokens=0 must be > 0"):
+        memorization_gap(target, tok, members, non_members, num_tokens=0)
+
+
+def test_find_blocks_and_per_block_mope(trained, tok):
+    target, members, non_members = trained
+    assert len(find_transformer_blocks(target)) == 2
+    res = per_block_mope(
+        target, tok, members, non_members, num_perturbations=2, sigma=0.05, show_progress=False
+    )
+    assert [b["block"] for b in res["blocks"]] == [0, 1]
+    assert all(0 <= b["auc"] <= 1 for b in res["blocks"])
+    assert res["blocks"][0]["path"] == "transformer.h.0"
+    with pytest.raises(ValueError, match="no list of transformer blocks"):
+        find_transformer_blocks(torch.nn.Linear(2, 2))
