@@ -19,6 +19,8 @@ from typing import Any
 from hf_dpkd._io import atomic_write_text
 
 ACCOUNTANTS = ("prv", "rdp", "gdp")
+#: Mechanism name of fixed-size uniform subsampling (``poisson_sampling=False``).
+UNIFORM = "uniform_subsampled_gaussian"
 LEDGER_FILENAME = "privacy_ledger.json"
 #: Bisection stops once the calibrated epsilon is within this relative distance below the target.
 CALIBRATION_RTOL = 1e-3
@@ -40,8 +42,10 @@ class Release:
     mechanism: str = "subsampled_gaussian"
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def history_entry(self) -> tuple[float, float, int]:
-        return (float(self.noise_multiplier), float(self.sample_rate), int(self.steps))
+    def history_entry(self) -> tuple:
+        entry = (float(self.noise_multiplier), float(self.sample_rate), int(self.steps))
+        # Fixed-size (non-Poisson) subsampling is a different mechanism; only GDP accounts it.
+        return entry + (UNIFORM,) if self.mechanism == UNIFORM else entry
 
 
 def _check_accountant(accountant: str) -> None:
@@ -54,15 +58,17 @@ def _check_delta(delta: float) -> None:
         raise ValueError(f"delta={delta!r} must lie strictly between 0 and 1 (e.g. target_delta=1e-6).")
 
 
-def _gdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
-    """mu-GDP composition: mu adds in quadrature; Poisson-subsampled steps use Opacus' CLT mu."""
+def _gdp_epsilon(history: list[tuple], delta: float) -> float:
+    """mu-GDP composition: mu adds in quadrature; subsampled steps use Opacus' CLT mu."""
     from opacus.accountants.analysis import gdp
 
     mu_sq = 0.0
-    for sigma, q, steps in history:
+    for sigma, q, steps, *mech in history:
         if steps == 0:
             continue
-        if q >= 1.0:
+        if mech and mech[0] == UNIFORM:
+            mu = gdp.compute_mu_uniform(steps=steps, noise_multiplier=sigma, sample_rate=q)
+        elif q >= 1.0:
             mu = math.sqrt(steps) / sigma  # exact for the (unsubsampled) Gaussian mechanism
         else:
             mu = gdp.compute_mu_poisson(steps=steps, noise_multiplier=sigma, sample_rate=q)
@@ -72,14 +78,22 @@ def _gdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float
     return float(gdp.eps_from_mu(mu=math.sqrt(mu_sq), delta=delta))
 
 
-def compute_epsilon(history: list[tuple[float, float, int]], delta: float, accountant: str = "prv") -> float:
-    """Epsilon at `delta` of the composition of `history` entries (noise_multiplier, sample_rate, steps)."""
+def compute_epsilon(history: list[tuple], delta: float, accountant: str = "prv") -> float:
+    """Epsilon at `delta` of the composition of `history` entries (noise_multiplier, sample_rate, steps).
+
+    An entry may carry a 4th element, the mechanism name ``UNIFORM`` for fixed-size subsampling.
+    """
     _check_accountant(accountant)
     _check_delta(delta)
-    history = [(float(s), float(q), int(t)) for s, q, t in history if int(t) > 0]
+    history = [(float(h[0]), float(h[1]), int(h[2]), *h[3:]) for h in history if int(h[2]) > 0]
     if not history:
         return 0.0
-    for sigma, q, _ in history:
+    if accountant != "gdp" and any(len(h) > 3 and h[3] == UNIFORM for h in history):
+        raise ValueError(
+            "poisson_sampling=False (fixed-size uniform subsampling) is only accounted by accountant='gdp'; "
+            "set poisson_sampling=True (recommended) or accountant='gdp'."
+        )
+    for sigma, q, *_ in history:
         if sigma <= 0:
             return math.inf
         if not 0 < q <= 1:
@@ -94,7 +108,7 @@ def compute_epsilon(history: list[tuple[float, float, int]], delta: float, accou
         from opacus.accountants import PRVAccountant
 
         acc = PRVAccountant()
-    acc.history = list(history)
+    acc.history = [h[:3] for h in history]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(acc.get_epsilon(delta=delta))
@@ -106,7 +120,8 @@ def calibrate_noise_multiplier(
     sample_rate: float,
     steps: int,
     accountant: str = "prv",
-    prior_history: list[tuple[float, float, int]] | tuple = (),
+    prior_history: list[tuple] | tuple = (),
+    mechanism: str = "subsampled_gaussian",
 ) -> float:
     """Smallest noise multiplier (up to CALIBRATION_RTOL) such that prior releases plus `steps` of
     Poisson-subsampled Gaussian at `sample_rate` compose to at most `target_epsilon` at `delta`."""
@@ -123,7 +138,8 @@ def calibrate_noise_multiplier(
         )
 
     def eps(sigma: float) -> float:
-        return compute_epsilon(prior + [(sigma, sample_rate, steps)], delta, accountant)
+        entry = (sigma, sample_rate, steps) + ((UNIFORM,) if mechanism == UNIFORM else ())
+        return compute_epsilon(prior + [entry], delta, accountant)
 
     lo, hi = 0.0, 1.0
     while eps(hi) > target_epsilon:
@@ -192,7 +208,7 @@ class PrivacyLedger:
         self.releases = [r for r in self.releases if r.name != name]
 
     # -- reporting -------------------------------------------------------------------------------
-    def history(self, exclude: str | None = None) -> list[tuple[float, float, int]]:
+    def history(self, exclude: str | None = None) -> list[tuple]:
         return [r.history_entry() for r in self.releases if r.name != exclude]
 
     def epsilon(self, delta: float | None = None) -> float:

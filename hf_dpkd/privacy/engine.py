@@ -1,0 +1,203 @@
+"""Attach Opacus to a Hugging Face model and run the DP-SGD step over physical micro-batches.
+
+Opacus computes per-sample gradients (``hooks``) or per-sample gradient norms (``ghost``); this module
+turns a logical batch processed as several micro-batches into ONE DP-SGD update:
+
+    summed = sum_i clip_C(g_i)   over every micro-batch of the logical batch (all ranks)
+    grad   = (summed + N(0, (sigma*C)^2)) / expected_batch_size      (noise drawn once, on rank 0)
+
+The hooks stay on the caller's model (no ``_module.`` wrapper in saved checkpoints).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from opacus.grad_sample import GradSampleModule
+from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
+    GradSampleModuleFastGradientClipping,
+)
+from opacus.optimizers.optimizer import DPOptimizer, _generate_noise
+from torch import nn
+
+CLIPPING_MODES = ("hooks", "ghost")
+
+# Opacus' full backward hooks fire on embedding layers whose inputs are integer ids; harmless.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+
+
+def _tied_parameter_names(model: nn.Module) -> list[str]:
+    """Names of trainable parameters that more than one module uses (e.g. GPT-2's wte / lm_head)."""
+    owners: dict[int, list[str]] = {}
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                owners.setdefault(id(p), []).append(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return [names[0] for names in owners.values() if len(names) > 1]
+
+
+def attach_grad_sampler(model: nn.Module, clipping_mode: str, max_grad_norm: float) -> nn.Module:
+    """Install Opacus' per-sample hooks on `model`; returns the Opacus wrapper (not to be saved)."""
+    if clipping_mode not in CLIPPING_MODES:
+        raise ValueError(f"clipping_mode={clipping_mode!r} is not supported; use one of {CLIPPING_MODES}.")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("The model has no trainable parameter: nothing for DP-SGD to train.")
+    errors = GradSampleModule.validate(model, strict=False)
+    if errors:
+        raise ValueError(
+            "The model has trainable layers Opacus cannot compute per-sample gradients for "
+            f"(layers with buffers such as BatchNorm mix samples): {errors[0]}. Replace them (e.g. "
+            "opacus.validators.ModuleValidator.fix(model) swaps BatchNorm for GroupNorm) or freeze them."
+        )
+    if clipping_mode == "ghost":
+        tied = _tied_parameter_names(model)
+        if tied:
+            raise ValueError(
+                f"clipping_mode='ghost' cannot clip tied parameters ({', '.join(tied)}; e.g. GPT-2 ties lm_head "
+                "to the input embedding). Use clipping_mode='hooks', or untie the weights "
+                "(config.tie_word_embeddings=False) before training."
+            )
+        return GradSampleModuleFastGradientClipping(
+            model, batch_first=True, loss_reduction="sum", max_grad_norm=max_grad_norm, use_ghost_clipping=True
+        )
+    return GradSampleModule(model, batch_first=True, loss_reduction="sum")
+
+
+def detach_grad_sampler(grad_sample_module: nn.Module) -> None:
+    """Remove Opacus' hooks and per-sample buffers from the wrapped model."""
+    grad_sample_module.remove_hooks()
+    for p in grad_sample_module._module.parameters():
+        for attr in ("grad_sample", "_current_grad_sample", "summed_grad", "_norm_sample", "_forward_counter"):
+            if hasattr(p, attr):
+                delattr(p, attr)
+
+
+class DPSGDOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer driven one micro-batch at a time, with one noise draw per logical batch.
+
+    Call :meth:`backward_microbatch` for every micro-batch of the logical batch (also with zero samples
+    on some micro-batches or ranks), then :meth:`step` once. `expected_batch_size` is the GLOBAL expected
+    logical batch size q*N; under torch.distributed the clipped sums are all-reduced and noise is drawn
+    on rank 0 only, so the update equals the single-process one.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: float,
+        grad_sample_module: nn.Module,
+        clipping_mode: str = "hooks",
+        generator: torch.Generator | None = None,
+        on_step: Callable[[], None] | None = None,
+    ):
+        super().__init__(
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=int(round(expected_batch_size)),
+            loss_reduction="sum",
+            generator=generator,
+        )
+        self.expected_batch_size_exact = float(expected_batch_size)
+        self.grad_sample_module = grad_sample_module
+        self.clipping_mode = clipping_mode
+        self.on_step = on_step
+        self.num_samples_in_step = 0
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    # -- micro-batch ----------------------------------------------------------------------------
+    def backward_microbatch(self, per_sample_losses: torch.Tensor) -> None:
+        """Backward the micro-batch's per-sample losses and add its clipped per-sample gradients."""
+        n = per_sample_losses.shape[0]
+        if n == 0:
+            return
+        if self.clipping_mode == "ghost":
+            gsm = self.grad_sample_module
+            per_sample_losses.sum().backward(retain_graph=True)  # hooks compute per-sample norms only
+            coef = gsm.get_clipping_coef().to(per_sample_losses.device).detach()
+            self._drop_grads()
+            gsm.disable_hooks()
+            try:
+                (coef * per_sample_losses).sum().backward()  # gradient of the clipped sum, directly
+            finally:
+                gsm.enable_hooks()
+            for p in self.params:
+                if p.grad is not None:
+                    self._accumulate(p, p.grad.detach().double())
+            self._drop_grads()
+        else:
+            per_sample_losses.sum().backward()
+            self._clip_and_accumulate_exact(n)
+            self._drop_grads()
+        self.num_samples_in_step += n
+
+    @staticmethod
+    def _accumulate(p: torch.Tensor, contribution: torch.Tensor) -> None:
+        summed = getattr(p, "summed_grad", None)
+        p.summed_grad = contribution if summed is None else summed + contribution
+
+    def _clip_and_accumulate_exact(self, n: int) -> None:
+        """Opacus' per-sample clipping, summed in float64.
+
+        The products clip_i * g_i of float32 values are exact in float64, so the float32 update does
+        not depend on how the logical batch was cut into micro-batches (bit for bit in practice), and
+        large logical batches lose no precision in the sum.
+        """
+        grads = []
+        for p in self.params:
+            g = getattr(p, "grad_sample", None)
+            if g is None:  # a parameter this micro-batch did not touch: zero per-sample gradients
+                g = torch.zeros((n, *p.shape), device=p.device, dtype=p.dtype)
+            elif isinstance(g, list):
+                g = torch.cat(g, dim=0)
+            grads.append(g)
+        norms = torch.stack([g.reshape(n, -1).norm(2, dim=-1) for g in grads], dim=1).norm(2, dim=1)
+        factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0).double()
+        for p, g in zip(self.params, grads):
+            contribution = torch.einsum("i,i...->...", factor.to(g.device), g.double())
+            self._accumulate(p, contribution)
+            p.grad_sample = None
+
+    def _drop_grads(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    # -- logical step ---------------------------------------------------------------------------
+    def step(self, closure=None):
+        if closure is not None:
+            with torch.enable_grad():
+                closure()
+        for p in self.params:
+            summed = getattr(p, "summed_grad", None)
+            if summed is None:  # empty logical batch on this rank: only noise
+                summed = torch.zeros_like(p)
+            summed = summed.to(p.dtype)
+            noise_here = (not self.distributed) or dist.get_rank() == 0
+            if noise_here and self.noise_multiplier > 0:
+                noise = _generate_noise(
+                    std=self.noise_multiplier * self.max_grad_norm, reference=summed, generator=self.generator
+                )
+                grad = summed.view_as(p) + noise.view_as(p)
+            else:
+                grad = summed.view_as(p).clone()
+            if self.distributed:
+                dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+            p.grad = grad / self.expected_batch_size_exact
+            p.summed_grad = None
+            p.grad_sample = None
+        if self.on_step is not None:
+            self.on_step()
+        self.num_samples_in_step = 0
+        return self.original_optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self.params:
+            p.grad_sample = None
+            p.summed_grad = None
+        self.original_optimizer.zero_grad(set_to_none)

@@ -1,0 +1,607 @@
+"""DPConfig and DPTrainer: DP-SGD inside the Hugging Face Trainer loop.
+
+A fine-tuning script that swaps ``TrainingArguments -> DPConfig`` and ``Trainer -> DPTrainer`` trains
+with DP-SGD: Poisson-sampled logical batches (``privacy/sampling.py``), split into physical
+micro-batches, per-sample clipping by Opacus, one Gaussian noise draw per logical step
+(``privacy/engine.py``), and a PrivacyLedger that composes this release with earlier ones
+(``privacy/accounting.py``). The privacy unit is one training example (one row of `train_dataset`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from hf_dpkd._io import atomic_write_bytes, atomic_write_text
+from hf_dpkd.privacy.accounting import (
+    ACCOUNTANTS,
+    UNIFORM,
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+    compute_epsilon,
+    default_delta,
+)
+from hf_dpkd.privacy.engine import CLIPPING_MODES, DPSGDOptimizer, attach_grad_sampler
+from hf_dpkd.privacy.sampling import PoissonBatchSampler
+
+logger = logging.getLogger(__name__)
+
+DP_STATE_NAME = "dp_state.pt"
+PRIVACY_REPORT_NAME = "privacy_report.json"
+PRIVACY_UNIT = "one training example (one row of the training dataset)"
+
+
+@dataclass
+class DPConfig(TrainingArguments):
+    """TrainingArguments plus the DP-SGD settings. Give exactly one of `target_epsilon` / `noise_multiplier`.
+
+    The expected logical batch is ``per_device_train_batch_size * gradient_accumulation_steps *
+    world_size`` and the Poisson sample rate is that over the dataset size.
+    """
+
+    _privacy_required: ClassVar[bool] = True
+
+    target_epsilon: float | None = field(
+        default=None,
+        metadata={
+            "help": "Total epsilon of the privacy ledger after this training (prior releases in "
+            "privacy_ledger_path included). The noise multiplier is calibrated to reach it over the planned steps."
+        },
+    )
+    noise_multiplier: float | None = field(
+        default=None, metadata={"help": "Gaussian noise std / clip norm. Alternative to target_epsilon."}
+    )
+    target_delta: float | None = field(
+        default=None,
+        metadata={"help": "Delta of the guarantee. Default N^-1.1 for N training examples (strictly below 1/N)."},
+    )
+    per_sample_max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Clip norm C of each example's gradient (DP-SGD sensitivity)."}
+    )
+    accountant: str = field(default="prv", metadata={"help": "Privacy accountant: 'prv', 'rdp' or 'gdp'."})
+    poisson_sampling: bool = field(
+        default=True,
+        metadata={"help": "Poisson sampling of logical batches (what the accountants assume). False: fixed-size "
+                  "uniform subsampling, accounted only by accountant='gdp'."},
+    )
+    max_physical_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Largest micro-batch run at once (memory only; never changes the guarantee). "
+                  "Default: per_device_train_batch_size."},
+    )
+    clipping_mode: str = field(
+        default="hooks",
+        metadata={"help": "Per-sample clipping: 'hooks' (per-sample gradients) or 'ghost' (per-sample norms, "
+                  "two backward passes, less memory; no tied weights)."},
+    )
+    disable_dp: bool = field(
+        default=False,
+        metadata={"help": "Same code path (sampling, clipping) without noise and without a guarantee: for "
+                  "baselines and debugging."},
+    )
+    privacy_ledger_path: str | None = field(
+        default=None,
+        metadata={"help": "A privacy_ledger.json (or a folder holding one) of earlier releases on the SAME private "
+                  "data (e.g. the control-code histogram); this training is composed with them."},
+    )
+    privacy_release_name: str = field(
+        default="dp_sgd", metadata={"help": "Name of this training's entry in the privacy ledger."}
+    )
+    max_grad_norm: float = field(
+        default=0.0,
+        metadata={"help": "Non-private global clipping of the Trainer. Must stay 0 with DP: DP-SGD clips per "
+                  "sample with per_sample_max_grad_norm."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._validate_privacy_arguments()
+
+    @property
+    def dp_enabled(self) -> bool:
+        """Whether the DP-SGD path runs (it does also with disable_dp, only without noise)."""
+        if self.disable_dp:
+            return True
+        return self._privacy_required or self.target_epsilon is not None or self.noise_multiplier is not None
+
+    def _validate_privacy_arguments(self) -> None:
+        given = [n for n in ("target_epsilon", "noise_multiplier") if getattr(self, n) is not None]
+        if self.disable_dp and given:
+            raise ValueError(f"disable_dp=True trains without noise; do not also set {given[0]}.")
+        if not self.disable_dp and self._privacy_required and len(given) != 1:
+            raise ValueError(
+                "Give exactly one of target_epsilon (e.g. target_epsilon=2.0: the noise is calibrated) or "
+                f"noise_multiplier (e.g. noise_multiplier=1.0); got {'both' if given else 'neither'}."
+            )
+        if not self._privacy_required and len(given) == 2:
+            raise ValueError("Give at most one of target_epsilon and noise_multiplier; got both.")
+        if self.target_epsilon is not None and not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
+            raise ValueError(f"target_epsilon={self.target_epsilon} must be a positive finite number (e.g. 2.0).")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise ValueError(
+                f"noise_multiplier={self.noise_multiplier} must be > 0; to train without noise set disable_dp=True."
+            )
+        if self.target_delta is not None and not 0 < self.target_delta < 1:
+            raise ValueError(f"target_delta={self.target_delta} must lie strictly between 0 and 1 (e.g. 1e-6).")
+        if not self.per_sample_max_grad_norm > 0:
+            raise ValueError(
+                f"per_sample_max_grad_norm={self.per_sample_max_grad_norm} must be > 0 (the per-sample clip norm C, "
+                "e.g. 1.0)."
+            )
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(f"accountant={self.accountant!r} is not supported; use one of {', '.join(ACCOUNTANTS)}.")
+        if not self.poisson_sampling and self.accountant != "gdp" and self.dp_enabled and not self.disable_dp:
+            raise ValueError(
+                "poisson_sampling=False (fixed-size uniform subsampling) is only accounted by accountant='gdp'; "
+                "set poisson_sampling=True (recommended) or accountant='gdp'."
+            )
+        if self.clipping_mode not in CLIPPING_MODES:
+            raise ValueError(f"clipping_mode={self.clipping_mode!r} is not supported; use one of {CLIPPING_MODES}.")
+        if self.max_physical_batch_size is not None and self.max_physical_batch_size < 1:
+            raise ValueError(f"max_physical_batch_size={self.max_physical_batch_size} must be >= 1 (or None).")
+        if self.dp_enabled:
+            if self.max_grad_norm and self.max_grad_norm > 0:
+                raise ValueError(
+                    f"max_grad_norm={self.max_grad_norm} is the Trainer's non-private global clipping, which would "
+                    "run on top of DP-SGD's per-sample clipping; set max_grad_norm=0 and use "
+                    "per_sample_max_grad_norm for the clip norm."
+                )
+            if self.fp16:
+                raise ValueError("fp16=True (loss scaling) is not supported with DP-SGD; use bf16=True or fp32.")
+            if self.deepspeed:
+                raise ValueError(
+                    "DeepSpeed is not supported for DP-SGD (Opacus has no DeepSpeed path); use DDP through "
+                    "accelerate for the DP stages. DeepSpeed works for distillation and generation."
+                )
+
+
+def dp_forward_kwargs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Forward kwargs for a causal LM under per-sample hooks: contiguous ids and per-row position_ids [B, T].
+
+    Opacus needs a batch dimension on every input of a layer with trainable parameters; GPT-2 would
+    otherwise broadcast a [1, T] position tensor into its position embedding.
+    """
+    kwargs: dict[str, torch.Tensor] = {"input_ids": inputs["input_ids"].contiguous()}
+    attention_mask = inputs.get("attention_mask")
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if _accepts_position_ids(model):
+        if attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        else:
+            b, t = kwargs["input_ids"].shape
+            position_ids = torch.arange(t, device=kwargs["input_ids"].device).expand(b, t)
+        kwargs["position_ids"] = position_ids.contiguous()
+    return kwargs
+
+
+def _accepts_position_ids(model: nn.Module) -> bool:
+    forward = getattr(model, "forward", None)
+    inner = getattr(model, "_module", None)  # Opacus wrapper
+    if inner is not None:
+        forward = inner.forward
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "position_ids" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def causal_lm_labels(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`labels` if the collator made them, else input_ids with padding masked (-100)."""
+    labels = inputs.get("labels")
+    if labels is not None:
+        return labels
+    labels = inputs["input_ids"].clone()
+    if inputs.get("attention_mask") is not None:
+        labels[inputs["attention_mask"] == 0] = -100
+    return labels
+
+
+def per_sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of each sequence over its own non-masked tokens: shape [B].
+
+    One sample's value never depends on another sample (unlike HF's batch-mean `labels=` loss).
+    """
+    shift_logits = logits[:, :-1, :]
+    shift_labels = labels[:, 1:]
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)).float(),
+        shift_labels.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    ).view(shift_labels.shape)
+    counts = (shift_labels != -100).sum(dim=1).clamp(min=1)
+    return nll.sum(dim=1) / counts
+
+
+class _EpochDataLoader(DataLoader):
+    """A DataLoader whose `set_epoch` reaches the Poisson batch sampler (the Trainer calls it each epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+
+class _EmptySafeCollator:
+    """Collates a (possibly empty) part of a Poisson batch; an empty part becomes a zero-row batch."""
+
+    def __init__(self, collator, dataset):
+        self.collator = collator
+        self.dataset = dataset
+        self._template: dict[str, Any] | None = None
+
+    def __call__(self, features: list) -> dict[str, Any]:
+        if features:
+            return self.collator(features)
+        if self._template is None:
+            self._template = self.collator([self.dataset[0]])
+        return {k: (v[:0] if isinstance(v, torch.Tensor) else v) for k, v in self._template.items()}
+
+
+class _PrivacyCallback(TrainerCallback):
+    """Keeps the sampler's epoch, stops before the budget would be exceeded, writes the ledger at train end."""
+
+    def __init__(self, trainer: DPTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.trainer._dp_sampler is not None:
+            self.trainer._dp_sampler.set_epoch(int(state.epoch or 0))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        limit = self.trainer._dp_max_steps
+        reached = limit is not None and self.trainer._dp_steps >= limit
+        if reached and state.global_step < state.max_steps and not control.should_training_stop:
+            logger.warning(
+                "Stopping DP training after %d steps: one more step would exceed target_epsilon=%s.",
+                self.trainer._dp_steps,
+                args.target_epsilon,
+            )
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer.save_privacy_artifacts(args.output_dir)
+
+
+class DPTrainer(Trainer):
+    """`transformers.Trainer` with DP-SGD. Without privacy settings (DistillationConfig) it is a plain Trainer.
+
+    Extra keyword: `privacy_ledger` (a PrivacyLedger of earlier releases on the same data); otherwise
+    `args.privacy_ledger_path` is read, or a fresh ledger is started.
+    """
+
+    def __init__(self, *args, privacy_ledger: PrivacyLedger | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._dp_sampler: PoissonBatchSampler | None = None
+        self._dp_optimizer: DPSGDOptimizer | None = None
+        self._grad_sample_module: nn.Module | None = None
+        self._dp_steps = 0
+        self._dp_max_steps: int | None = None
+        self.privacy_ledger: PrivacyLedger | None = None
+        if not getattr(self.args, "dp_enabled", False):
+            return
+        if not isinstance(self.args, DPConfig):
+            raise TypeError(f"DPTrainer needs args=DPConfig(...), got {type(self.args).__name__}.")
+        self._setup_privacy(privacy_ledger)
+        self.callback_handler.callbacks.insert(0, _PrivacyCallback(self))
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _setup_privacy(self, ledger: PrivacyLedger | None) -> None:
+        args = self.args
+        if self.train_dataset is None:
+            raise ValueError("DPTrainer: DP-SGD needs a train_dataset (its size defines the sample rate).")
+        try:
+            n = len(self.train_dataset)
+        except TypeError as e:
+            raise ValueError(
+                "DPTrainer needs a map-style train_dataset with a length (Poisson sampling draws from all N examples); "
+                "an IterableDataset cannot be sampled with a known rate."
+            ) from e
+        if n == 0:
+            raise ValueError("train_dataset is empty: DP-SGD needs at least one training example.")
+        world = max(1, args.world_size)
+        expected = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+        if expected > n:
+            raise ValueError(
+                f"The expected logical batch per_device_train_batch_size*gradient_accumulation_steps*world_size="
+                f"{expected} is larger than the dataset ({n} examples); lower per_device_train_batch_size or "
+                "gradient_accumulation_steps."
+            )
+        self.dp_num_examples = n
+        self.dp_expected_batch_size = expected
+        self.dp_sample_rate = expected / n
+        self.dp_steps_per_epoch = max(1, int(round(n / expected)))
+        if args.max_steps and args.max_steps > 0:
+            planned = args.max_steps
+        else:
+            planned = math.ceil(args.num_train_epochs * self.dp_steps_per_epoch)
+        self.dp_planned_steps = planned
+        self.dp_max_physical_batch_size = args.max_physical_batch_size or args.per_device_train_batch_size
+
+        delta = args.target_delta if args.target_delta is not None else default_delta(n)
+        if delta >= 1.0 / n:
+            warnings.warn(
+                f"target_delta={delta} is >= 1/N = {1.0 / n:.3g}: such a delta allows releasing a whole example. "
+                "Use a delta well below 1/N (the default is N^-1.1).",
+                stacklevel=2,
+            )
+        if ledger is None:
+            ledger = PrivacyLedger.load_or_new(args.privacy_ledger_path, accountant=args.accountant, delta=delta)
+        if ledger.accountant != args.accountant:
+            raise ValueError(
+                f"The privacy ledger uses accountant={ledger.accountant!r} but accountant={args.accountant!r} was "
+                "given; use the ledger's accountant so every release is composed the same way."
+            )
+        ledger.delta = delta
+        self.privacy_ledger = ledger
+        self._mechanism = "subsampled_gaussian" if args.poisson_sampling else UNIFORM
+
+        if args.disable_dp:
+            self.dp_noise_multiplier = 0.0
+        elif args.noise_multiplier is not None:
+            self.dp_noise_multiplier = float(args.noise_multiplier)
+        else:
+            self.dp_noise_multiplier = calibrate_noise_multiplier(
+                args.target_epsilon,
+                delta,
+                self.dp_sample_rate,
+                planned,
+                accountant=args.accountant,
+                prior_history=ledger.history(exclude=args.privacy_release_name),
+                mechanism=self._mechanism,
+            )
+            self._dp_max_steps = self._max_steps_within_budget(planned)
+        self._dp_sampler = PoissonBatchSampler(
+            n,
+            self.dp_sample_rate,
+            self.dp_steps_per_epoch,
+            num_parts=args.gradient_accumulation_steps,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            rank=args.process_index,
+            world_size=world,
+            poisson=args.poisson_sampling,
+        )
+        self._noise_generator = torch.Generator(device=args.device).manual_seed(args.seed + 7919)
+        self._grad_sample_module = attach_grad_sampler(self.model, args.clipping_mode, args.per_sample_max_grad_norm)
+        logger.info(
+            "DP-SGD: N=%d, expected batch=%d, q=%.4g, steps=%d, noise_multiplier=%.4g, C=%s, accountant=%s, delta=%.3g",
+            n, expected, self.dp_sample_rate, planned, self.dp_noise_multiplier,
+            args.per_sample_max_grad_norm, args.accountant, delta,
+        )
+
+    def _release_entry(self, steps: int) -> tuple:
+        entry = (self.dp_noise_multiplier, self.dp_sample_rate, steps)
+        return entry + ((UNIFORM,) if self._mechanism == UNIFORM else ())
+
+    def _max_steps_within_budget(self, planned: int) -> int:
+        """Largest step count whose composed epsilon stays within target_epsilon (>= planned by calibration)."""
+        prior = self.privacy_ledger.history(exclude=self.args.privacy_release_name)
+
+        def within(k: int) -> bool:
+            eps = compute_epsilon(prior + [self._release_entry(k)], self.privacy_ledger.delta, self.args.accountant)
+            return eps <= self.args.target_epsilon
+
+        lo, hi = planned, planned * 2
+        while within(hi) and hi < planned * 1024:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if within(mid) else (lo, mid)
+        return lo
+
+    # -- data -------------------------------------------------------------------------------------
+    def get_train_dataloader(self) -> DataLoader:
+        if not self.args.dp_enabled:
+            return super().get_train_dataloader()
+        import datasets
+
+        dataset, collator = self.train_dataset, self.data_collator
+        if isinstance(dataset, datasets.Dataset):
+            dataset = self._remove_unused_columns(dataset, description="Training")
+        else:
+            collator = self._get_collator_with_removed_columns(collator, description="Training")
+        # Not passed through accelerator.prepare: the sampler already gives each rank its own shard.
+        return _EpochDataLoader(
+            dataset,
+            batch_sampler=self._dp_sampler,
+            collate_fn=_EmptySafeCollator(collator, dataset),
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+
+    # -- model and optimizer ----------------------------------------------------------------------
+    def _wrap_model(self, model, training: bool = True, dataloader=None):
+        if not (self.args.dp_enabled and training):
+            return super()._wrap_model(model, training=training, dataloader=dataloader)
+        # No DDP wrapper: ranks take different numbers of micro-batches; the DP optimizer all-reduces.
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    dist.broadcast(p.data, src=0)
+        return self._grad_sample_module
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if not self.args.dp_enabled or isinstance(optimizer, DPSGDOptimizer):
+            return optimizer
+        self._dp_optimizer = DPSGDOptimizer(
+            optimizer,
+            noise_multiplier=self.dp_noise_multiplier,
+            max_grad_norm=self.args.per_sample_max_grad_norm,
+            expected_batch_size=self.dp_expected_batch_size,
+            grad_sample_module=self._grad_sample_module,
+            clipping_mode=self.args.clipping_mode,
+            generator=self._noise_generator,
+            on_step=self._on_dp_step,
+        )
+        self.optimizer = self._dp_optimizer
+        return self.optimizer
+
+    def _on_dp_step(self) -> None:
+        self._dp_steps += 1
+        self._record_release()
+
+    def _record_release(self) -> None:
+        if self.args.disable_dp:
+            return
+        self.privacy_ledger.record(
+            self.args.privacy_release_name,
+            noise_multiplier=self.dp_noise_multiplier,
+            sample_rate=self.dp_sample_rate,
+            steps=self._dp_steps,
+            mechanism=self._mechanism,
+            max_grad_norm=self.args.per_sample_max_grad_norm,
+            expected_batch_size=self.dp_expected_batch_size,
+            num_examples=self.dp_num_examples,
+            privacy_unit=PRIVACY_UNIT,
+        )
+
+    # -- the DP step ------------------------------------------------------------------------------
+    def compute_per_sample_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-example training loss, shape [B]; element i must depend on example i only.
+
+        Default: the causal-LM mean next-token NLL of each sequence. Subclasses (distillation)
+        override it to train other objectives with DP-SGD.
+        """
+        outputs = model(**dp_forward_kwargs(model, inputs))
+        return per_sequence_nll(outputs.logits, causal_lm_labels(inputs))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self.args.dp_enabled:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        n = inputs["input_ids"].shape[0]
+        total = torch.zeros((), device=self.args.device)
+        step = self.dp_max_physical_batch_size
+        for start in range(0, n, step):
+            micro = {
+                k: (v[start : start + step] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v)
+                for k, v in inputs.items()
+            }
+            with self.compute_loss_context_manager():
+                losses = self.compute_per_sample_loss(model, micro)
+            self._dp_optimizer.backward_microbatch(losses)
+            total = total + losses.detach().float().sum()
+        # Reported loss: summed over the Trainer's accumulation parts, this is the per-example mean
+        # loss normalised by the expected (not the realised) logical batch size.
+        return total / (self.dp_expected_batch_size / max(1, self.args.world_size) / self.args.gradient_accumulation_steps)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if self.args.dp_enabled:
+            return None  # the pre-noise gradient never exists as one tensor; its norm would be private
+        return super()._get_grad_norm(model, grad_norm)
+
+    # -- reporting --------------------------------------------------------------------------------
+    def privacy_report(self) -> dict[str, Any]:
+        """Epsilon recomputed from the steps actually taken, with everything the accountant used."""
+        if not self.args.dp_enabled:
+            return {"epsilon": math.inf, "dp": False}
+        ledger = self.privacy_ledger
+        release_eps = (
+            compute_epsilon([self._release_entry(self._dp_steps)], ledger.delta, self.args.accountant)
+            if not self.args.disable_dp
+            else math.inf
+        )
+        return {
+            "epsilon": ledger.epsilon() if not self.args.disable_dp else math.inf,
+            "delta": ledger.delta,
+            "accountant": self.args.accountant,
+            "noise_multiplier": self.dp_noise_multiplier,
+            "sample_rate": self.dp_sample_rate,
+            "steps": self._dp_steps,
+            "planned_steps": self.dp_planned_steps,
+            "per_sample_max_grad_norm": self.args.per_sample_max_grad_norm,
+            "expected_batch_size": self.dp_expected_batch_size,
+            "num_examples": self.dp_num_examples,
+            "sampling": "poisson" if self.args.poisson_sampling else "uniform_fixed_size",
+            "privacy_unit": PRIVACY_UNIT,
+            "release": self.args.privacy_release_name,
+            "release_epsilon": release_eps,
+            "disable_dp": self.args.disable_dp,
+            "ledger": ledger.to_dict(),
+        }
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.args.dp_enabled and not self.args.disable_dp and self._dp_steps > 0:
+            logs["epsilon"] = round(self.privacy_ledger.epsilon(), 6)
+        super().log(logs, start_time)
+
+    def save_privacy_artifacts(self, output_dir: str) -> None:
+        """Write privacy_ledger.json and privacy_report.json into `output_dir` (main process only)."""
+        if not self.args.dp_enabled or not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if not self.args.disable_dp:
+            self.privacy_ledger.save(output_dir)
+        report = self.privacy_report()
+        atomic_write_text(os.path.join(output_dir, PRIVACY_REPORT_NAME), json.dumps(report, indent=2, default=str))
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.dp_enabled:
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            self.save_privacy_artifacts(output_dir)
+            if self.args.should_save:
+                import io
+
+                buf = io.BytesIO()
+                torch.save(
+                    {
+                        "noise_generator": self._noise_generator.get_state(),
+                        "dp_steps": self._dp_steps,
+                        "noise_multiplier": self.dp_noise_multiplier,
+                        "sample_rate": self.dp_sample_rate,
+                    },
+                    buf,
+                )
+                atomic_write_bytes(os.path.join(output_dir, DP_STATE_NAME), buf.getvalue())
+
+    # -- resume -----------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        if self.args.dp_enabled and resume_from_checkpoint:
+            if resume_from_checkpoint is True:
+                resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+                if resume_from_checkpoint is None:
+                    raise ValueError(f"resume_from_checkpoint=True but no checkpoint in {self.args.output_dir}.")
+            self._restore_privacy_state(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _restore_privacy_state(self, checkpoint: str) -> None:
+        """Restore the accountant history, DP step count and noise RNG saved with `checkpoint`."""
+        state_path = os.path.join(checkpoint, DP_STATE_NAME)
+        if not os.path.isfile(state_path):
+            raise ValueError(
+                f"Checkpoint {checkpoint} has no {DP_STATE_NAME}: it was not written by DPTrainer, so the privacy "
+                "accounting cannot be resumed. Start from a DPTrainer checkpoint or from scratch."
+            )
+        state = torch.load(state_path, weights_only=False)
+        if not math.isclose(state["noise_multiplier"], self.dp_noise_multiplier, rel_tol=1e-9) or not math.isclose(
+            state["sample_rate"], self.dp_sample_rate, rel_tol=1e-12
+        ):
+            raise ValueError(
+                f"The checkpoint was trained with noise_multiplier={state['noise_multiplier']:.6g}, "
+                f"sample_rate={state['sample_rate']:.6g}, but the current settings give "
+                f"{self.dp_noise_multiplier:.6g}, {self.dp_sample_rate:.6g}. Resume with the same DPConfig."
+            )
+        self._noise_generator.set_state(state["noise_generator"])
+        self._dp_steps = int(state["dp_steps"])
+        if not self.args.disable_dp:
+            saved = PrivacyLedger.load(checkpoint)
+            saved.delta = self.privacy_ledger.delta
+            self.privacy_ledger.releases = saved.releases

@@ -1,0 +1,97 @@
+"""Epsilon, calibration and the ledger against Opacus' accountants used directly."""
+
+import json
+import math
+
+import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis import gdp as gdp_analysis
+
+from hf_dpkd.privacy.accounting import (
+    CALIBRATION_RTOL,
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+    compute_epsilon,
+    default_delta,
+)
+
+CASES = [(1.1, 0.01, 500, 1e-5), (0.8, 0.004, 3000, 1e-6), (2.5, 0.1, 50, 1e-4)]
+
+
+@pytest.mark.parametrize("sigma,q,steps,delta", CASES)
+@pytest.mark.parametrize("name,cls", [("prv", PRVAccountant), ("rdp", RDPAccountant)])
+def test_epsilon_equals_opacus_accountant(sigma, q, steps, delta, name, cls):
+    acc = cls()
+    for _ in range(steps):
+        acc.step(noise_multiplier=sigma, sample_rate=q)
+    expected = acc.get_epsilon(delta=delta)
+    assert math.isclose(compute_epsilon([(sigma, q, steps)], delta, name), expected, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("sigma,q,steps,delta", CASES)
+def test_gdp_epsilon_equals_opacus_gdp(sigma, q, steps, delta):
+    expected = gdp_analysis.compute_eps_poisson(steps=steps, noise_multiplier=sigma, sample_rate=q, delta=delta)
+    assert math.isclose(compute_epsilon([(sigma, q, steps)], delta, "gdp"), expected, rel_tol=1e-6)
+
+
+def test_composition_of_two_releases_equals_opacus_history():
+    history = [(4.0, 1.0, 1), (1.0, 0.02, 400)]
+    acc = PRVAccountant()
+    acc.history = list(history)
+    assert math.isclose(compute_epsilon(history, 1e-5, "prv"), acc.get_epsilon(delta=1e-5), rel_tol=1e-6)
+    assert compute_epsilon(history, 1e-5) > compute_epsilon(history[1:], 1e-5)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp", "gdp"])
+@pytest.mark.parametrize("target", [0.5, 2.0, 8.0])
+def test_calibration_reaches_target_within_tolerance(accountant, target):
+    sigma = calibrate_noise_multiplier(target, 1e-5, 0.01, 1000, accountant=accountant)
+    eps = compute_epsilon([(sigma, 0.01, 1000)], 1e-5, accountant)
+    assert eps <= target
+    assert eps >= target * (1 - 2 * CALIBRATION_RTOL)
+
+
+def test_calibration_accounts_for_prior_releases():
+    prior = [(6.0, 1.0, 1)]
+    alone = calibrate_noise_multiplier(2.0, 1e-5, 0.01, 500)
+    composed = calibrate_noise_multiplier(2.0, 1e-5, 0.01, 500, prior_history=prior)
+    assert composed > alone
+    assert compute_epsilon(prior + [(composed, 0.01, 500)], 1e-5) <= 2.0
+
+
+def test_calibration_refuses_a_spent_budget():
+    with pytest.raises(ValueError, match="already spends epsilon.*raise target_epsilon"):
+        calibrate_noise_multiplier(0.1, 1e-5, 0.01, 10, prior_history=[(0.5, 1.0, 1)])
+
+
+def test_ledger_round_trip_and_replace(tmp_path):
+    ledger = PrivacyLedger(accountant="prv", delta=1e-6)
+    ledger.record("control_code_histogram", 5.0, 1.0, 1, mechanism="gaussian")
+    ledger.record("teacher", 1.0, 0.01, 100)
+    ledger.record("teacher", 1.0, 0.01, 200)  # a continued stage replaces its own entry
+    assert [r.name for r in ledger.releases] == ["control_code_histogram", "teacher"]
+    path = ledger.save(tmp_path)
+    data = json.loads(path.read_text())
+    loaded = PrivacyLedger.load(tmp_path)
+    assert loaded.history() == ledger.history()
+    assert math.isclose(data["epsilon"], ledger.epsilon(), rel_tol=1e-12)
+    assert math.isclose(loaded.epsilon(), compute_epsilon([(5.0, 1.0, 1), (1.0, 0.01, 200)], 1e-6), rel_tol=1e-9)
+
+
+def test_default_delta_is_below_one_over_n():
+    for n in (10, 1000, 1_900_000):
+        assert default_delta(n) < 1 / n
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"history": [(1.0, 0.1, 10)], "delta": 0.0}, r"delta=0.0 must lie strictly between 0 and 1"),
+        ({"history": [(1.0, 0.1, 10)], "delta": 1.5}, r"delta=1.5 must lie strictly between 0 and 1"),
+        ({"history": [(1.0, 0.1, 10)], "delta": 1e-5, "accountant": "moments"}, r"accountant='moments'"),
+        ({"history": [(1.0, 1.5, 10)], "delta": 1e-5}, r"sample_rate=1.5 must lie in \(0, 1\]"),
+    ],
+)
+def test_bad_accounting_inputs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        compute_epsilon(**kwargs)
