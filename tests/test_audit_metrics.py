@@ -80,3 +80,59 @@ def test_plot_roc_writes_png(tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     assert not list((tmp_path / "sub").glob(".*.tmp"))
+
+
+def test_write_audit_report(tmp_path):
+    import json
+
+    from hf_dpkd.audit.report import write_audit_report
+
+    rng = np.random.default_rng(1)
+    results = {
+        "meta": {"model": "tiny", "claimed_epsilon": 1.0},
+        "membership": {
+            "loss": membership_metrics(rng.normal(1, 1, 30), rng.normal(0, 1, 30)),
+            "zlib": membership_metrics(rng.normal(0, 1, 30), rng.normal(0, 1, 30)),
+        },
+        "memorization": {
+            "member_mean": 0.5,
+            "non_member_mean": 0.25,
+            "gap": 0.25,
+            "prompt_tokens": 8,
+            "num_tokens": 32,
+            "num_members": 3,
+            "num_non_members": 3,
+        },
+        "canaries": {
+            "canaries": [
+                {
+                    "name": "pin",
+                    "repeats": 4,
+                    "method": "exact",
+                    "rank": 2,
+                    "exposure": 12.3,
+                    "max_exposure": 13.3,
+                }
+            ],
+            "by_repeats": {"4": {"count": 1, "mean": 12.3, "min": 12.3, "max": 12.3}},
+        },
+        "empirical_epsilon": {
+            "epsilon_lower_bound": np.float64(2.5),
+            "delta": 0.0,
+            "confidence": 0.95,
+            "num_canaries": 80,
+            "num_guesses": 40,
+            "num_correct": 39,
+            "scores": np.arange(3.0),
+        },
+    }
+    paths = write_audit_report(results, tmp_path / "audit")
+    data = json.loads(paths["json"].read_text())
+    assert data["membership"]["loss"]["auc"] == pytest.approx(results["membership"]["loss"]["auc"])
+    assert data["empirical_epsilon"]["scores"] == [0.0, 1.0, 2.0]
+    md = paths["markdown"].read_text()
+    assert "| loss | " in md and "EXCEEDS the claimed epsilon 1.0" in md and "never certify privacy" in md
+    assert "| 4 | 1 | 12.3000 |" in md
+    assert paths["roc"].read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="results must be a non-empty dict"):
+        write_audit_report({}, tmp_path)
