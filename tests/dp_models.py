@@ -76,3 +76,15 @@ def reference_clipped_sum(model, batch, clip: float) -> dict[str, torch.Tensor]:
         for (n, _), g in zip(params, grads):
             total[n] += factor * g.double()
     return total
+
+
+def tiny_word_tokenizer(texts: list[str]):
+    """A word-level fast tokenizer built offline from `texts` (with eos and pad tokens)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in t.split()})
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")

@@ -498,9 +498,9 @@ class DPTrainer(Trainer):
                 losses = self.compute_per_sample_loss(model, micro)
             self._dp_optimizer.backward_microbatch(losses)
             total = total + losses.detach().float().sum()
-        # Reported loss: summed over the Trainer's accumulation parts, this is the per-example mean
-        # loss normalised by the expected (not the realised) logical batch size.
-        return total / (self.dp_expected_batch_size / max(1, self.args.world_size) / self.args.gradient_accumulation_steps)
+        # Reported loss only (the update never uses it): the Trainer sums the accumulation parts, so
+        # each part reports its mean per-example loss divided by the number of parts.
+        return total / max(n, 1) / self.args.gradient_accumulation_steps
 
     def _get_grad_norm(self, model, grad_norm=None):
         if self.args.dp_enabled:
