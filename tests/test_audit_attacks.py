@@ -251,3 +251,64 @@ def test_find_blocks_and_per_block_mope(trained, tok):
     assert res["blocks"][0]["path"] == "transformer.h.0"
     with pytest.raises(ValueError, match="no list of transformer blocks"):
         find_transformer_blocks(torch.nn.Linear(2, 2))
+
+
+def test_example_cli_end_to_end(tmp_path, trained, model, tok):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    from hf_dpkd.audit.empirical_epsilon import make_audit_canaries
+
+    target, members, non_members = trained
+    target.save_pretrained(tmp_path / "target")
+    tok.save_pretrained(tmp_path / "target")
+    model.save_pretrained(tmp_path / "base")
+
+    def write(path, recs):
+        rows = [{"category": "Restaurants", "stars": "5.0", "text": t} for _, t in recs]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(tmp_path / "members.jsonl", members)
+    write(tmp_path / "non_members.jsonl", non_members)
+    (tmp_path / "canaries.json").write_text(
+        json.dumps([{"secret": "1 2", "template": "code {secret}", "repeats": 0, "name": "c"}])
+    )
+    audit_canaries = make_audit_canaries(10, seed=0, num_words=2)
+    (tmp_path / "audit.jsonl").write_text("".join(json.dumps(c.to_dict()) + "\n" for c in audit_canaries))
+    spec = importlib.util.spec_from_file_location(
+        "audit_example", Path(__file__).parents[1] / "examples" / "audit.py"
+    )
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(example)
+    out = tmp_path / "out"
+    results = example.main(
+        [
+            "--model", str(tmp_path / "target"),
+            "--reference_model", str(tmp_path / "base"),
+            "--members", str(tmp_path / "members.jsonl"),
+            "--non_members", str(tmp_path / "non_members.jsonl"),
+            "--prefix_columns", "category", "stars",
+            "--prefix_labels", "Business Category", "Review Stars",
+            "--attacks", "loss", "reference", "min_k",
+            "--prompt_tokens", "8", "--num_tokens", "8",
+            "--canaries", str(tmp_path / "canaries.json"),
+            "--audit_canaries", str(tmp_path / "audit.jsonl"), "--audit_num_guesses", "3",
+            "--claimed_epsilon", "1.0",
+            "--output_dir", str(out), "--show_progress", "false",
+        ]
+    )  # fmt: skip
+    assert set(results["membership"]) == {"loss", "reference", "min_k"}
+    # the CLI's prefix is the training prefix, so the scores equal the direct API's
+    direct = run_membership_inference(
+        target, tok, members, non_members, attacks=["loss"], show_progress=False
+    )
+    assert results["membership"]["loss"]["auc"] == pytest.approx(direct["loss"]["auc"])
+    assert results["empirical_epsilon"]["num_guesses"] == 6
+    assert {p.name for p in out.iterdir()} >= {"audit.json", "audit.md", "roc.png"}
+    assert "## Canary exposure" in (out / "audit.md").read_text()
+    bad = example.DataArguments(members="", non_members="", prefix_columns=["city"])
+    with pytest.raises(ValueError, match=r"columns \['city'\] not found"):
+        example.load_records(str(tmp_path / "members.jsonl"), bad)

@@ -110,8 +110,8 @@ def plot_roc(
             raise ValueError(f"curve {name!r}: fpr has shape {fpr.shape} but tpr has {tpr.shape}")
         auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
         ax_lin.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})", drawstyle="steps-post")
-        keep = (fpr > 0) & (tpr > 0)
-        ax_log.plot(fpr[keep], tpr[keep], label=name, drawstyle="steps-post")
+        # zero rates sit on the axis edge of the log plot instead of vanishing
+        ax_log.plot(np.clip(fpr, 1e-3, 1), np.clip(tpr, 1e-3, 1), label=name, drawstyle="steps-post")
     for ax in (ax_lin, ax_log):
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="chance")
         ax.set_xlabel("false positive rate")
