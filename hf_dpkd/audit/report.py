@@ -81,6 +81,8 @@ def render_markdown(results: dict) -> str:
                 for a, r in mia.items()
             ],
         )
+        notes = sorted({r["note"] for r in mia.values() if r.get("note")})
+        out += [f"Note: {n}." for n in notes] + ([""] if notes else [])
     mem = results.get("memorization")
     if mem:
         out += [
