@@ -312,3 +312,30 @@ def test_example_cli_end_to_end(tmp_path, trained, model, tok):
     bad = example.DataArguments(members="", non_members="", prefix_columns=["city"])
     with pytest.raises(ValueError, match=r"columns \['city'\] not found"):
         example.load_records(str(tmp_path / "members.jsonl"), bad)
+
+
+def test_prefix_and_text_are_tokenized_together_as_in_training():
+    """A merge across the prefix/text boundary ("\\n" + "T"): the straddling token is context, and the
+    scored ids are exactly the tail of the jointly tokenized training string."""
+    from hf_dpkd.audit.scoring import encode_record
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab["ĊT"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[("Ċ", "T")]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tok2 = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    prefix, text = "Stars: 5\n\n", "The end"
+    joint = tok2(prefix + text, add_special_tokens=False)["input_ids"]
+    ctx, txt = encode_record(tok2, prefix, text)
+    assert ctx + txt == joint and vocab["ĊT"] in ctx
+    assert tok2.decode(txt) == "he end"
+    torch.manual_seed(0)
+    m = GPT2LMHeadModel(GPT2Config(vocab_size=258, n_positions=32, n_embd=16, n_layer=1, n_head=2)).eval()
+    s = score_records(m, tok2, [(prefix, text)], show_progress=False)[0]
+    with torch.no_grad():
+        logp = torch.log_softmax(m(torch.tensor([joint])).logits[0], -1)
+    expected = [logp[len(ctx) + j - 1, t].item() for j, t in enumerate(txt)]
+    np.testing.assert_allclose(s.token_logprobs, expected, atol=1e-5)

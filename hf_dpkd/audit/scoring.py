@@ -1,8 +1,8 @@
 """Per-token log-probabilities of a record's text given its control-code prefix.
 
 Every audit statistic is computed on the TEXT tokens only: the prefix (the control-code prompt) is
-context, and its tokens never enter a score. Prefix and text are tokenized separately and concatenated,
-so the boundary between them is exact whatever the tokenizer does with whitespace.
+context, and its tokens never enter a score. `prefix + text` is tokenized in one call, exactly as a training
+example is, and split at the prefix's end by character offsets.
 """
 
 from __future__ import annotations
@@ -70,12 +70,23 @@ def _model_max_length(model: torch.nn.Module) -> int | None:
 def encode_record(
     tokenizer, prefix: str, text: str, max_length: int | None = None
 ) -> tuple[list[int], list[int]]:
-    """Token ids of (context, text). The context is the prefix, or the BOS token when the prefix is empty
-    and the tokenizer has one (so the first text token is scored too). The text is cut to fit max_length."""
-    ctx = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    """Token ids of (context, text), tokenized as training tokenizes them: `prefix + text` in one call.
+
+    With a fast tokenizer the split uses character offsets: text tokens are those starting at or after
+    the end of the prefix (a token straddling the boundary counts as context). Slow tokenizers fall back
+    to tokenizing the two parts separately. With an empty prefix the context is the BOS token when the
+    tokenizer has one, so the first text token is scored too. The text is cut to fit `max_length`.
+    """
+    if prefix and getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(prefix + text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        cut = next((i for i, (start, _) in enumerate(offsets) if start >= len(prefix)), len(ids))
+        ctx, txt = ids[:cut], ids[cut:]
+    else:
+        ctx = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+        txt = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ctx and getattr(tokenizer, "bos_token_id", None) is not None:
         ctx = [tokenizer.bos_token_id]
-    txt = tokenizer(text, add_special_tokens=False)["input_ids"]
     if max_length is not None:
         if len(ctx) >= max_length:
             raise ValueError(
