@@ -1,7 +1,62 @@
-"""hf_dpkd: differentially private knowledge distillation through synthetic text (DistilDP)."""
+"""hf_dpkd: differentially private knowledge distillation through synthetic text (DistilDP).
 
-from hf_dpkd.privacy.accounting import PrivacyLedger
+The public API; everything else is reachable from its module.
+"""
+
+from hf_dpkd.audit import (
+    AuditCanary,
+    Canary,
+    audit_epsilon,
+    canary_exposures,
+    epsilon_lower_bound,
+    insert_audit_canaries,
+    make_audit_canaries,
+    memorization_gap,
+    one_run_audit,
+    per_block_mope,
+    run_membership_inference,
+    write_audit_report,
+)
+from hf_dpkd.hub import (
+    PRIVATE_DATA_MARKER,
+    HubPushError,
+    card_epsilon,
+    mark_private_data,
+    privacy_statement,
+    push_folder_to_hub,
+    write_dataset_card,
+    write_model_card,
+)
+from hf_dpkd.privacy.accounting import PrivacyLedger, calibrate_noise_multiplier, compute_epsilon
+from hf_dpkd.trainers.dp import DPConfig, DPTrainer
 
 __version__ = "0.1.0"
 
-__all__ = ["PrivacyLedger", "__version__"]
+__all__ = [
+    "PRIVATE_DATA_MARKER",
+    "AuditCanary",
+    "Canary",
+    "DPConfig",
+    "DPTrainer",
+    "HubPushError",
+    "PrivacyLedger",
+    "audit_epsilon",
+    "calibrate_noise_multiplier",
+    "canary_exposures",
+    "card_epsilon",
+    "compute_epsilon",
+    "epsilon_lower_bound",
+    "insert_audit_canaries",
+    "make_audit_canaries",
+    "mark_private_data",
+    "memorization_gap",
+    "one_run_audit",
+    "per_block_mope",
+    "privacy_statement",
+    "push_folder_to_hub",
+    "run_membership_inference",
+    "write_audit_report",
+    "write_dataset_card",
+    "write_model_card",
+    "__version__",
+]

@@ -20,7 +20,9 @@ METHODS = ("non_private_teacher", "distildp", "dp_syn_data", "dp_sgd_student", "
 
 @dataclass
 class PipelineArguments:
-    run_dir: str = field(default="runs/demo", metadata={"help": "Run directory: every artifact of the run lives here."})
+    run_dir: str = field(
+        default="runs/demo", metadata={"help": "Run directory: every artifact of the run lives here."}
+    )
     stages: str = field(
         default="all", metadata={"help": f"Comma-separated stages to run, or 'all': {', '.join(STAGES)}."}
     )
@@ -32,7 +34,8 @@ class PipelineArguments:
     seed: int = field(default=0, metadata={"help": "Seed of every stage."})
     target_epsilon: float = field(default=2.0, metadata={"help": "Total epsilon of each private method."})
     target_delta: float | None = field(
-        default=None, metadata={"help": "Delta of the guarantee (default N^-1.1 for N private training examples)."}
+        default=None,
+        metadata={"help": "Delta of the guarantee (default N^-1.1 for N private training examples)."},
     )
     accountant: str = field(default="prv", metadata={"help": "Privacy accountant: prv, rdp or gdp."})
 
@@ -41,8 +44,10 @@ class PipelineArguments:
 class DataArguments:
     dataset: str = field(
         default="demo",
-        metadata={"help": "'demo' (embedded, generated), a known dataset name (yelp, big_patent, dbpedia) or a "
-                  "local csv/json/jsonl/parquet path."},
+        metadata={
+            "help": "'demo' (embedded, generated), a known dataset name (yelp, big_patent, dbpedia) or a "
+            "local csv/json/jsonl/parquet path."
+        },
     )
     text_column: str | None = field(default=None, metadata={"help": "Text column (default: the dataset's)."})
     control_columns: str | None = field(
@@ -50,32 +55,47 @@ class DataArguments:
     )
     demo_num_train: int = field(default=4000, metadata={"help": "Embedded demo: private training examples."})
     demo_num_public: int = field(default=4000, metadata={"help": "Embedded demo: public pretraining texts."})
-    max_length: int = field(default=128, metadata={"help": "Token length of training sequences (paper: 128)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on private training examples."})
+    max_length: int = field(
+        default=128, metadata={"help": "Token length of training sequences (paper: 128)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Cap on private training examples."}
+    )
     control_code_distribution: str = field(
         default="dp",
-        metadata={"help": "Distribution of control codes to generate: dp (noisy private histogram, in the ledger), "
-                  "uniform, or exact (NOT private: leaks the private histogram)."},
+        metadata={
+            "help": "Distribution of control codes to generate: dp (noisy private histogram, in the ledger), "
+            "uniform, or exact (NOT private: leaks the private histogram)."
+        },
     )
     histogram_noise_multiplier: float = field(
-        default=10.0, metadata={"help": "Gaussian noise std of the DP control-code histogram (sensitivity 1)."}
+        default=10.0,
+        metadata={"help": "Gaussian noise std of the DP control-code histogram (sensitivity 1)."},
     )
 
 
 @dataclass
 class TeacherArguments:
     teacher_model: str = field(
-        default="demo", metadata={"help": "'demo' (a small GPT-2 pretrained on the public split), a path or Hub id."}
+        default="demo",
+        metadata={"help": "'demo' (a small GPT-2 pretrained on the public split), a path or Hub id."},
     )
     student_model: str = field(
-        default="demo", metadata={"help": "'demo' (a smaller GPT-2 pretrained on the public split), a path or Hub id."}
+        default="demo",
+        metadata={"help": "'demo' (a smaller GPT-2 pretrained on the public split), a path or Hub id."},
     )
-    pretrain_steps: int = field(default=300, metadata={"help": "Demo only: public pretraining steps per base model."})
+    pretrain_steps: int = field(
+        default=300, metadata={"help": "Demo only: public pretraining steps per base model."}
+    )
     teacher_epochs: float = field(default=4.0, metadata={"help": "DP-SGD epochs of the teacher."})
     teacher_learning_rate: float = field(default=2e-3, metadata={"help": "Teacher learning rate."})
     teacher_batch_size: int = field(default=128, metadata={"help": "Expected logical batch per device."})
-    teacher_gradient_accumulation_steps: int = field(default=1, metadata={"help": "Teacher accumulation steps."})
-    max_physical_batch_size: int = field(default=32, metadata={"help": "Micro-batch size of DP-SGD (memory only)."})
+    teacher_gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Teacher accumulation steps."}
+    )
+    max_physical_batch_size: int = field(
+        default=32, metadata={"help": "Micro-batch size of DP-SGD (memory only)."}
+    )
     per_sample_max_grad_norm: float = field(default=1.0, metadata={"help": "DP-SGD per-sample clip norm."})
     clipping_mode: str = field(default="hooks", metadata={"help": "DP-SGD clipping mode (see DPConfig)."})
 
@@ -88,7 +108,9 @@ class GenerationArguments:
     top_p: float = field(default=0.9, metadata={"help": "Sampling top-p (paper: 0.9)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (paper: 1.0)."})
     no_repeat_ngram_size: int = field(default=2, metadata={"help": "Paper: 2."})
-    generation_max_length: int = field(default=128, metadata={"help": "Max tokens including the prompt (paper: 128)."})
+    generation_max_length: int = field(
+        default=128, metadata={"help": "Max tokens including the prompt (paper: 128)."}
+    )
     num_return_sequences: int = field(default=2, metadata={"help": "Sequences per prompt (paper: 2)."})
 
 
@@ -96,13 +118,21 @@ class GenerationArguments:
 class StudentArguments:
     student_epochs: float = field(default=4.0, metadata={"help": "Epochs over the synthetic data."})
     student_learning_rate: float = field(default=2e-3, metadata={"help": "Student learning rate."})
-    student_batch_size: int = field(default=32, metadata={"help": "Student per-device batch (synthetic data)."})
-    kd_lambda: float = field(default=0.4, metadata={"help": "Weight of the KD term (1-lambda on CE); paper 0.4."})
+    student_batch_size: int = field(
+        default=32, metadata={"help": "Student per-device batch (synthetic data)."}
+    )
+    kd_lambda: float = field(
+        default=0.4, metadata={"help": "Weight of the KD term (1-lambda on CE); paper 0.4."}
+    )
     kd_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature t (paper: 1)."})
     kd_loss: str = field(default="forward_kl", metadata={"help": "forward_kl (paper), reverse_kl or jsd."})
     alpha_hidden: float = field(default=0.0, metadata={"help": "Weight of the hidden-state alignment term."})
-    on_policy_ratio: float = field(default=0.5, metadata={"help": "Share of on-policy batches (on_policy method)."})
-    dp_student_epochs: float = field(default=4.0, metadata={"help": "DP-SGD epochs of private-data students."})
+    on_policy_ratio: float = field(
+        default=0.5, metadata={"help": "Share of on-policy batches (on_policy method)."}
+    )
+    dp_student_epochs: float = field(
+        default=4.0, metadata={"help": "DP-SGD epochs of private-data students."}
+    )
 
 
 @dataclass
@@ -117,15 +147,26 @@ class AuditArguments:
 
 @dataclass
 class HubArguments:
-    push_teacher: str | None = field(default=None, metadata={"help": "Hub repo id to push the DP teacher to."})
-    push_synthetic: str | None = field(default=None, metadata={"help": "Hub dataset repo id for the synthetic data."})
-    push_student: str | None = field(default=None, metadata={"help": "Hub repo id to push the DistilDP student to."})
+    push_teacher: str | None = field(
+        default=None, metadata={"help": "Hub repo id to push the DP teacher to."}
+    )
+    push_synthetic: str | None = field(
+        default=None, metadata={"help": "Hub dataset repo id for the synthetic data."}
+    )
+    push_student: str | None = field(
+        default=None, metadata={"help": "Hub repo id to push the DistilDP student to."}
+    )
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repos as private."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
 
 
 ARGUMENT_CLASSES = (
-    PipelineArguments, DataArguments, TeacherArguments, GenerationArguments, StudentArguments, AuditArguments,
+    PipelineArguments,
+    DataArguments,
+    TeacherArguments,
+    GenerationArguments,
+    StudentArguments,
+    AuditArguments,
     HubArguments,
 )
 
@@ -159,7 +200,15 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for part in (self.pipeline, self.data, self.teacher, self.generation, self.student, self.audit, self.hub):
+        for part in (
+            self.pipeline,
+            self.data,
+            self.teacher,
+            self.generation,
+            self.student,
+            self.audit,
+            self.hub,
+        ):
             out.update({f.name: getattr(part, f.name) for f in fields(part)})
         return out
 
@@ -190,7 +239,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"--config {path}: a recipe is a mapping of argument names to values, got {type(data).__name__}.")
+        raise ValueError(
+            f"--config {path}: a recipe is a mapping of argument names to values, got {type(data).__name__}."
+        )
     return data
 
 
@@ -204,7 +255,9 @@ def parse_run_config(argv: list[str] | None = None) -> RunConfig:
             raise ValueError("--config needs a path to a YAML recipe, e.g. --config recipes/demo.yaml.")
         config_path = argv[i + 1]
         del argv[i : i + 2]
-    parser = HfArgumentParser(ARGUMENT_CLASSES, description="DistilDP: DP teacher -> synthetic data -> student.")
+    parser = HfArgumentParser(
+        ARGUMENT_CLASSES, description="DistilDP: DP teacher -> synthetic data -> student."
+    )
     known = {a.dest for a in parser._actions}
     recipe = load_recipe(config_path) if config_path else {}
     unknown = sorted(set(recipe) - known)
@@ -212,7 +265,9 @@ def parse_run_config(argv: list[str] | None = None) -> RunConfig:
         raise ValueError(
             f"--config {config_path}: unknown recipe key(s) {', '.join(unknown)}; run with --help for every field."
         )
-    quick = bool(recipe.get("quick", False)) or any(a in ("--quick", "--quick=True", "--quick=true") for a in argv)
+    quick = bool(recipe.get("quick", False)) or any(
+        a in ("--quick", "--quick=True", "--quick=true") for a in argv
+    )
     if quick:
         parser.set_defaults(**QUICK)
     parser.set_defaults(**recipe)
@@ -227,10 +282,14 @@ def validate_run_config(config: RunConfig) -> None:
     p = config.pipeline
     bad_stages = [s for s in config.stage_list if s not in STAGES]
     if bad_stages:
-        raise ValueError(f"--stages: unknown stage(s) {', '.join(bad_stages)}; choose from {', '.join(STAGES)} or 'all'.")
+        raise ValueError(
+            f"--stages: unknown stage(s) {', '.join(bad_stages)}; choose from {', '.join(STAGES)} or 'all'."
+        )
     bad_methods = [m for m in config.method_list if m not in METHODS]
     if bad_methods:
-        raise ValueError(f"--methods: unknown method(s) {', '.join(bad_methods)}; choose from {', '.join(METHODS)}.")
+        raise ValueError(
+            f"--methods: unknown method(s) {', '.join(bad_methods)}; choose from {', '.join(METHODS)}."
+        )
     if not p.target_epsilon > 0:
         raise ValueError(f"--target_epsilon {p.target_epsilon}: must be > 0 (the paper uses 2.0).")
     if p.target_delta is not None and not 0 < p.target_delta < 1:
@@ -245,12 +304,19 @@ def validate_run_config(config: RunConfig) -> None:
     if not d.histogram_noise_multiplier > 0:
         raise ValueError(f"--histogram_noise_multiplier {d.histogram_noise_multiplier}: must be > 0.")
     if d.max_length < 8:
-        raise ValueError(f"--max_length {d.max_length}: too short for a control-code prompt and text; use >= 32.")
+        raise ValueError(
+            f"--max_length {d.max_length}: too short for a control-code prompt and text; use >= 32."
+        )
     t = config.teacher
     if not t.per_sample_max_grad_norm > 0:
         raise ValueError(f"--per_sample_max_grad_norm {t.per_sample_max_grad_norm}: must be > 0 (e.g. 1.0).")
-    for name in ("teacher_epochs", "student_epochs", "dp_student_epochs", "teacher_learning_rate",
-                 "student_learning_rate"):
+    for name in (
+        "teacher_epochs",
+        "student_epochs",
+        "dp_student_epochs",
+        "teacher_learning_rate",
+        "student_learning_rate",
+    ):
         part = config.teacher if hasattr(config.teacher, name) else config.student
         if not getattr(part, name) > 0:
             raise ValueError(f"--{name} {getattr(part, name)}: must be > 0.")

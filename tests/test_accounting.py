@@ -30,7 +30,9 @@ def test_epsilon_equals_opacus_accountant(sigma, q, steps, delta, name, cls):
 
 @pytest.mark.parametrize("sigma,q,steps,delta", CASES)
 def test_gdp_epsilon_equals_opacus_gdp(sigma, q, steps, delta):
-    expected = gdp_analysis.compute_eps_poisson(steps=steps, noise_multiplier=sigma, sample_rate=q, delta=delta)
+    expected = gdp_analysis.compute_eps_poisson(
+        steps=steps, noise_multiplier=sigma, sample_rate=q, delta=delta
+    )
     assert math.isclose(compute_epsilon([(sigma, q, steps)], delta, "gdp"), expected, rel_tol=1e-6)
 
 
@@ -75,7 +77,9 @@ def test_ledger_round_trip_and_replace(tmp_path):
     loaded = PrivacyLedger.load(tmp_path)
     assert loaded.history() == ledger.history()
     assert math.isclose(data["epsilon"], ledger.epsilon(), rel_tol=1e-12)
-    assert math.isclose(loaded.epsilon(), compute_epsilon([(5.0, 1.0, 1), (1.0, 0.01, 200)], 1e-6), rel_tol=1e-9)
+    assert math.isclose(
+        loaded.epsilon(), compute_epsilon([(5.0, 1.0, 1), (1.0, 0.01, 200)], 1e-6), rel_tol=1e-9
+    )
 
 
 def test_default_delta_is_below_one_over_n():

@@ -21,8 +21,20 @@ def test_two_process_dp_training(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
-           str(SCRIPT), str(tmp_path), "6"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(SCRIPT),
+        str(tmp_path),
+        "6",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -36,9 +48,19 @@ def test_two_process_dp_training(tmp_path):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16))
     ds = Dataset.from_dict({"input_ids": [[1] * 8] * 120, "labels": [[1] * 8] * 120})
-    single = DPTrainer(model=model, args=DPConfig(output_dir=str(tmp_path / "single"), per_device_train_batch_size=12,
-                                                  max_steps=4, use_cpu=True, report_to=[], noise_multiplier=1.0),
-                       train_dataset=ds, data_collator=default_data_collator)
+    single = DPTrainer(
+        model=model,
+        args=DPConfig(
+            output_dir=str(tmp_path / "single"),
+            per_device_train_batch_size=12,
+            max_steps=4,
+            use_cpu=True,
+            report_to=[],
+            noise_multiplier=1.0,
+        ),
+        train_dataset=ds,
+        data_collator=default_data_collator,
+    )
     assert ranks[0]["sample_rate"] == single.dp_sample_rate == 0.1
     single.privacy_ledger.record("dp_sgd", 1.0, single.dp_sample_rate, 4)
     assert abs(ranks[0]["epsilon"] - single.privacy_ledger.epsilon()) < 1e-9

@@ -12,8 +12,11 @@ def _clipped_sum(model, batch, clip, mode="hooks", micro=None):
     gsm = attach_grad_sampler(model, mode, clip)
     opt = DPSGDOptimizer(
         torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0),
-        noise_multiplier=0.0, max_grad_norm=clip, expected_batch_size=batch["input_ids"].shape[0],
-        grad_sample_module=gsm, clipping_mode=mode,
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=batch["input_ids"].shape[0],
+        grad_sample_module=gsm,
+        clipping_mode=mode,
     )
     n = batch["input_ids"].shape[0]
     micro = micro or n
@@ -70,7 +73,9 @@ def test_ghost_clipped_sum_matches_per_sample_loop(family):
 
 
 def test_ghost_with_tied_weights_is_refused_with_a_fix():
-    with pytest.raises(ValueError, match=r"clipping_mode='ghost' cannot clip tied parameters.*clipping_mode='hooks'"):
+    with pytest.raises(
+        ValueError, match=r"clipping_mode='ghost' cannot clip tied parameters.*clipping_mode='hooks'"
+    ):
         attach_grad_sampler(tiny_gpt2(tied=True), "ghost", 1.0)
 
 
@@ -94,8 +99,13 @@ def test_update_equals_reference_clipped_mean_without_noise():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     lr, expected_b = 0.5, 10.0  # expected (not realised) batch size normalises the sum
     gsm = attach_grad_sampler(model, "hooks", clip)
-    opt = DPSGDOptimizer(torch.optim.SGD(model.parameters(), lr=lr), noise_multiplier=0.0, max_grad_norm=clip,
-                         expected_batch_size=expected_b, grad_sample_module=gsm)
+    opt = DPSGDOptimizer(
+        torch.optim.SGD(model.parameters(), lr=lr),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=expected_b,
+        grad_sample_module=gsm,
+    )
     opt.backward_microbatch(per_sequence_nll(gsm(**dp_forward_kwargs(gsm, batch)).logits, batch["labels"]))
     opt.step()
     for n, p in model.named_parameters():
@@ -123,9 +133,14 @@ def test_noise_std_is_sigma_c_over_b():
     class _NoHooks(torch.nn.Module):
         pass
 
-    opt = DPSGDOptimizer(torch.optim.SGD([p], lr=1.0), noise_multiplier=sigma, max_grad_norm=clip,
-                         expected_batch_size=b, grad_sample_module=_NoHooks(),
-                         generator=torch.Generator().manual_seed(3))
+    opt = DPSGDOptimizer(
+        torch.optim.SGD([p], lr=1.0),
+        noise_multiplier=sigma,
+        max_grad_norm=clip,
+        expected_batch_size=b,
+        grad_sample_module=_NoHooks(),
+        generator=torch.Generator().manual_seed(3),
+    )
     draws = []
     for _ in range(10):
         with torch.no_grad():

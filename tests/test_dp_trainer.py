@@ -23,7 +23,8 @@ from tests.dp_models import tiny_word_tokenizer
 
 TEXTS = [
     f"the {a} cat sat on the {b} mat and the {a} dog ran"
-    for a in ("red", "blue", "green", "black") for b in ("big", "small", "old")
+    for a in ("red", "blue", "green", "black")
+    for b in ("big", "small", "old")
 ] * 30
 
 
@@ -43,13 +44,37 @@ def run_clm(trainer_cls, args_cls, output_dir, **extra_args):
 
     train = tokenized.map(group_texts, batched=True)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=16,
-                                       bos_token_id=1, eos_token_id=1, pad_token_id=0))
-    args = args_cls(output_dir=str(output_dir), per_device_train_batch_size=32, num_train_epochs=2,
-                    learning_rate=3e-3, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
-                    seed=0, **extra_args)
-    trainer = trainer_cls(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=32,
+            n_head=2,
+            vocab_size=len(tokenizer),
+            n_positions=16,
+            bos_token_id=1,
+            eos_token_id=1,
+            pad_token_id=0,
+        )
+    )
+    args = args_cls(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=32,
+        num_train_epochs=2,
+        learning_rate=3e-3,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        **extra_args,
+    )
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
     before = trainer.evaluate(train)["eval_loss"]
     trainer.train()
     return trainer, (before, trainer.evaluate(train)["eval_loss"])
@@ -80,21 +105,36 @@ def test_saved_model_loads_without_hf_dpkd_prefixes(tmp_path):
     report = json.loads((tmp_path / "final" / "privacy_report.json").read_text())
     assert math.isclose(ledger.epsilon(), report["epsilon"], rel_tol=1e-12)
     assert math.isclose(
-        report["epsilon"], compute_epsilon([(1.0, report["sample_rate"], 2)], report["delta"], "prv"), rel_tol=1e-9
+        report["epsilon"],
+        compute_epsilon([(1.0, report["sample_rate"], 2)], report["delta"], "prv"),
+        rel_tol=1e-9,
     )
 
 
 def _trainer(tmp_path, n=96, **kw):
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16,
-                                       bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16, bos_token_id=0, eos_token_id=0
+        )
+    )
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 40, (n, 8), generator=g).tolist()
     ds = Dataset.from_dict({"input_ids": ids, "labels": ids})
-    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, gradient_accumulation_steps=2,
-                max_physical_batch_size=3, use_cpu=True, report_to=[], seed=0, learning_rate=1e-2)
+    base = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        max_physical_batch_size=3,
+        use_cpu=True,
+        report_to=[],
+        seed=0,
+        learning_rate=1e-2,
+    )
     base.update(kw)
-    return DPTrainer(model=model, args=DPConfig(**base), train_dataset=ds, data_collator=default_data_collator)
+    return DPTrainer(
+        model=model, args=DPConfig(**base), train_dataset=ds, data_collator=default_data_collator
+    )
 
 
 def test_resume_restores_ledger_noise_and_optimizer(tmp_path):
@@ -122,8 +162,9 @@ def test_prior_ledger_entries_are_composed(tmp_path):
     prior = PrivacyLedger(accountant="prv", delta=1e-4)
     prior.record("control_code_histogram", 6.0, 1.0, 1, mechanism="gaussian")
     prior.save(tmp_path)
-    trainer = _trainer(tmp_path / "t", target_epsilon=2.0, max_steps=3, privacy_ledger_path=str(tmp_path),
-                       target_delta=1e-4)
+    trainer = _trainer(
+        tmp_path / "t", target_epsilon=2.0, max_steps=3, privacy_ledger_path=str(tmp_path), target_delta=1e-4
+    )
     trainer.train()
     ledger = trainer.privacy_ledger
     assert [r.name for r in ledger.releases] == ["control_code_histogram", "dp_sgd"]
@@ -139,16 +180,31 @@ def test_prior_ledger_entries_are_composed(tmp_path):
         ({"target_epsilon": 1.0, "noise_multiplier": 1.0}, r"Give exactly one of target_epsilon.*got both"),
         ({"target_epsilon": 0.0}, r"target_epsilon=0.0 must be a positive finite number"),
         ({"target_epsilon": -1.0}, r"target_epsilon=-1.0 must be a positive finite number"),
-        ({"noise_multiplier": 0.0}, r"noise_multiplier=0.0 must be > 0; to train without noise set disable_dp=True"),
+        (
+            {"noise_multiplier": 0.0},
+            r"noise_multiplier=0.0 must be > 0; to train without noise set disable_dp=True",
+        ),
         ({"target_epsilon": 1.0, "target_delta": 0.0}, r"target_delta=0.0 must lie strictly between 0 and 1"),
         ({"target_epsilon": 1.0, "target_delta": 1.0}, r"target_delta=1.0 must lie strictly between 0 and 1"),
-        ({"target_epsilon": 1.0, "per_sample_max_grad_norm": 0.0}, r"per_sample_max_grad_norm=0.0 must be > 0"),
-        ({"target_epsilon": 1.0, "per_sample_max_grad_norm": -2.0}, r"per_sample_max_grad_norm=-2.0 must be > 0"),
-        ({"target_epsilon": 1.0, "max_grad_norm": 1.0}, r"max_grad_norm=1.0 is the Trainer's non-private global clipping.*max_grad_norm=0"),
+        (
+            {"target_epsilon": 1.0, "per_sample_max_grad_norm": 0.0},
+            r"per_sample_max_grad_norm=0.0 must be > 0",
+        ),
+        (
+            {"target_epsilon": 1.0, "per_sample_max_grad_norm": -2.0},
+            r"per_sample_max_grad_norm=-2.0 must be > 0",
+        ),
+        (
+            {"target_epsilon": 1.0, "max_grad_norm": 1.0},
+            r"max_grad_norm=1.0 is the Trainer's non-private global clipping.*max_grad_norm=0",
+        ),
         ({"target_epsilon": 1.0, "accountant": "moments"}, r"accountant='moments' is not supported"),
         ({"target_epsilon": 1.0, "clipping_mode": "fast"}, r"clipping_mode='fast' is not supported"),
         ({"target_epsilon": 1.0, "max_physical_batch_size": 0}, r"max_physical_batch_size=0 must be >= 1"),
-        ({"target_epsilon": 1.0, "poisson_sampling": False}, r"poisson_sampling=False .* only accounted by accountant='gdp'"),
+        (
+            {"target_epsilon": 1.0, "poisson_sampling": False},
+            r"poisson_sampling=False .* only accounted by accountant='gdp'",
+        ),
     ],
 )
 def test_bad_config_messages(tmp_path, kwargs, match):
@@ -157,7 +213,9 @@ def test_bad_config_messages(tmp_path, kwargs, match):
 
 
 def test_batch_larger_than_dataset(tmp_path):
-    with pytest.raises(ValueError, match=r"expected logical batch .*=32 is larger than the dataset \(10 examples\)"):
+    with pytest.raises(
+        ValueError, match=r"expected logical batch .*=32 is larger than the dataset \(10 examples\)"
+    ):
         _trainer(tmp_path, n=10, per_device_train_batch_size=16, target_epsilon=1.0)
 
 
@@ -165,8 +223,11 @@ def test_empty_dataset(tmp_path):
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16))
     empty = Dataset.from_dict({"input_ids": [], "labels": []})
     with pytest.raises(ValueError, match="train_dataset is empty"):
-        DPTrainer(model=model, args=DPConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[],
-                                             target_epsilon=1.0), train_dataset=empty)
+        DPTrainer(
+            model=model,
+            args=DPConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], target_epsilon=1.0),
+            train_dataset=empty,
+        )
 
 
 def test_layer_opacus_cannot_handle(tmp_path):
@@ -181,9 +242,17 @@ def test_layer_opacus_cannot_handle(tmp_path):
 
     ds = Dataset.from_dict({"input_ids": [[1, 2]] * 20})
     with pytest.raises(ValueError, match=r"Opacus cannot compute per-sample gradients.*ModuleValidator.fix"):
-        DPTrainer(model=BatchNormLM(), args=DPConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[],
-                                                     target_epsilon=1.0, per_device_train_batch_size=4),
-                  train_dataset=ds)
+        DPTrainer(
+            model=BatchNormLM(),
+            args=DPConfig(
+                output_dir=str(tmp_path),
+                use_cpu=True,
+                report_to=[],
+                target_epsilon=1.0,
+                per_device_train_batch_size=4,
+            ),
+            train_dataset=ds,
+        )
 
 
 def test_delta_at_least_one_over_n_warns(tmp_path):

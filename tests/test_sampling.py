@@ -66,10 +66,16 @@ def test_fixed_size_uniform_sampling():
     assert all(len(b) == 10 and len(set(b)) == 10 for b in sampler)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"num_examples": 0, "sample_rate": 0.1, "steps_per_epoch": 1}, "training dataset is empty"),
-    ({"num_examples": 10, "sample_rate": 1.5, "steps_per_epoch": 1}, r"sample_rate=1.5 must lie in \(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"num_examples": 0, "sample_rate": 0.1, "steps_per_epoch": 1}, "training dataset is empty"),
+        (
+            {"num_examples": 10, "sample_rate": 1.5, "steps_per_epoch": 1},
+            r"sample_rate=1.5 must lie in \(0, 1\]",
+        ),
+    ],
+)
 def test_bad_sampler_inputs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PoissonBatchSampler(**kwargs)

@@ -174,7 +174,9 @@ class PrivacyLedger:
     stages add to the same budget. `delta` is the delta at which the total epsilon is reported.
     """
 
-    def __init__(self, accountant: str = "prv", delta: float | None = None, releases: list[Release] | None = None):
+    def __init__(
+        self, accountant: str = "prv", delta: float | None = None, releases: list[Release] | None = None
+    ):
         _check_accountant(accountant)
         if delta is not None:
             _check_delta(delta)
@@ -193,7 +195,9 @@ class PrivacyLedger:
         **meta: Any,
     ) -> Release:
         """Add a release, or replace the one with the same name (a resumed or continued stage)."""
-        release = Release(name, float(noise_multiplier), float(sample_rate), int(steps), mechanism, dict(meta))
+        release = Release(
+            name, float(noise_multiplier), float(sample_rate), int(steps), mechanism, dict(meta)
+        )
         for i, existing in enumerate(self.releases):
             if existing.name == name:
                 self.releases[i] = release
@@ -228,7 +232,11 @@ class PrivacyLedger:
 
     # -- persistence -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"accountant": self.accountant, "delta": self.delta, "releases": [asdict(r) for r in self.releases]}
+        return {
+            "accountant": self.accountant,
+            "delta": self.delta,
+            "releases": [asdict(r) for r in self.releases],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrivacyLedger:
@@ -257,7 +265,9 @@ class PrivacyLedger:
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
     @classmethod
-    def load_or_new(cls, path: str | Path | None, accountant: str = "prv", delta: float | None = None) -> PrivacyLedger:
+    def load_or_new(
+        cls, path: str | Path | None, accountant: str = "prv", delta: float | None = None
+    ) -> PrivacyLedger:
         if path is not None:
             p = Path(path)
             if (p / LEDGER_FILENAME).is_file() or (p.suffix == ".json" and p.is_file()):

@@ -67,7 +67,9 @@ class DPConfig(TrainingArguments):
     )
     target_delta: float | None = field(
         default=None,
-        metadata={"help": "Delta of the guarantee. Default N^-1.1 for N training examples (strictly below 1/N)."},
+        metadata={
+            "help": "Delta of the guarantee. Default N^-1.1 for N training examples (strictly below 1/N)."
+        },
     )
     per_sample_max_grad_norm: float = field(
         default=1.0, metadata={"help": "Clip norm C of each example's gradient (DP-SGD sensitivity)."}
@@ -75,36 +77,48 @@ class DPConfig(TrainingArguments):
     accountant: str = field(default="prv", metadata={"help": "Privacy accountant: 'prv', 'rdp' or 'gdp'."})
     poisson_sampling: bool = field(
         default=True,
-        metadata={"help": "Poisson sampling of logical batches (what the accountants assume). False: fixed-size "
-                  "uniform subsampling, accounted only by accountant='gdp'."},
+        metadata={
+            "help": "Poisson sampling of logical batches (what the accountants assume). False: fixed-size "
+            "uniform subsampling, accounted only by accountant='gdp'."
+        },
     )
     max_physical_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Largest micro-batch run at once (memory only; never changes the guarantee). "
-                  "Default: per_device_train_batch_size."},
+        metadata={
+            "help": "Largest micro-batch run at once (memory only; never changes the guarantee). "
+            "Default: per_device_train_batch_size."
+        },
     )
     clipping_mode: str = field(
         default="hooks",
-        metadata={"help": "Per-sample clipping: 'hooks' (per-sample gradients) or 'ghost' (per-sample norms, "
-                  "two backward passes, less memory; no tied weights)."},
+        metadata={
+            "help": "Per-sample clipping: 'hooks' (per-sample gradients) or 'ghost' (per-sample norms, "
+            "two backward passes, less memory; no tied weights)."
+        },
     )
     disable_dp: bool = field(
         default=False,
-        metadata={"help": "Same code path (sampling, clipping) without noise and without a guarantee: for "
-                  "baselines and debugging."},
+        metadata={
+            "help": "Same code path (sampling, clipping) without noise and without a guarantee: for "
+            "baselines and debugging."
+        },
     )
     privacy_ledger_path: str | None = field(
         default=None,
-        metadata={"help": "A privacy_ledger.json (or a folder holding one) of earlier releases on the SAME private "
-                  "data (e.g. the control-code histogram); this training is composed with them."},
+        metadata={
+            "help": "A privacy_ledger.json (or a folder holding one) of earlier releases on the SAME private "
+            "data (e.g. the control-code histogram); this training is composed with them."
+        },
     )
     privacy_release_name: str = field(
         default="dp_sgd", metadata={"help": "Name of this training's entry in the privacy ledger."}
     )
     max_grad_norm: float = field(
         default=0.0,
-        metadata={"help": "Non-private global clipping of the Trainer. Must stay 0 with DP: DP-SGD clips per "
-                  "sample with per_sample_max_grad_norm."},
+        metadata={
+            "help": "Non-private global clipping of the Trainer. Must stay 0 with DP: DP-SGD clips per "
+            "sample with per_sample_max_grad_norm."
+        },
     )
 
     def __post_init__(self):
@@ -129,30 +143,42 @@ class DPConfig(TrainingArguments):
             )
         if not self._privacy_required and len(given) == 2:
             raise ValueError("Give at most one of target_epsilon and noise_multiplier; got both.")
-        if self.target_epsilon is not None and not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
-            raise ValueError(f"target_epsilon={self.target_epsilon} must be a positive finite number (e.g. 2.0).")
+        if self.target_epsilon is not None and not (
+            self.target_epsilon > 0 and math.isfinite(self.target_epsilon)
+        ):
+            raise ValueError(
+                f"target_epsilon={self.target_epsilon} must be a positive finite number (e.g. 2.0)."
+            )
         if self.noise_multiplier is not None and not self.noise_multiplier > 0:
             raise ValueError(
                 f"noise_multiplier={self.noise_multiplier} must be > 0; to train without noise set disable_dp=True."
             )
         if self.target_delta is not None and not 0 < self.target_delta < 1:
-            raise ValueError(f"target_delta={self.target_delta} must lie strictly between 0 and 1 (e.g. 1e-6).")
+            raise ValueError(
+                f"target_delta={self.target_delta} must lie strictly between 0 and 1 (e.g. 1e-6)."
+            )
         if not self.per_sample_max_grad_norm > 0:
             raise ValueError(
                 f"per_sample_max_grad_norm={self.per_sample_max_grad_norm} must be > 0 (the per-sample clip norm C, "
                 "e.g. 1.0)."
             )
         if self.accountant not in ACCOUNTANTS:
-            raise ValueError(f"accountant={self.accountant!r} is not supported; use one of {', '.join(ACCOUNTANTS)}.")
+            raise ValueError(
+                f"accountant={self.accountant!r} is not supported; use one of {', '.join(ACCOUNTANTS)}."
+            )
         if not self.poisson_sampling and self.accountant != "gdp" and self.dp_enabled and not self.disable_dp:
             raise ValueError(
                 "poisson_sampling=False (fixed-size uniform subsampling) is only accounted by accountant='gdp'; "
                 "set poisson_sampling=True (recommended) or accountant='gdp'."
             )
         if self.clipping_mode not in CLIPPING_MODES:
-            raise ValueError(f"clipping_mode={self.clipping_mode!r} is not supported; use one of {CLIPPING_MODES}.")
+            raise ValueError(
+                f"clipping_mode={self.clipping_mode!r} is not supported; use one of {CLIPPING_MODES}."
+            )
         if self.max_physical_batch_size is not None and self.max_physical_batch_size < 1:
-            raise ValueError(f"max_physical_batch_size={self.max_physical_batch_size} must be >= 1 (or None).")
+            raise ValueError(
+                f"max_physical_batch_size={self.max_physical_batch_size} must be >= 1 (or None)."
+            )
         if self.dp_enabled:
             if self.max_grad_norm and self.max_grad_norm > 0:
                 raise ValueError(
@@ -161,7 +187,9 @@ class DPConfig(TrainingArguments):
                     "per_sample_max_grad_norm for the clip norm."
                 )
             if self.fp16:
-                raise ValueError("fp16=True (loss scaling) is not supported with DP-SGD; use bf16=True or fp32.")
+                raise ValueError(
+                    "fp16=True (loss scaling) is not supported with DP-SGD; use bf16=True or fp32."
+                )
             if self.deepspeed:
                 raise ValueError(
                     "DeepSpeed is not supported for DP-SGD (Opacus has no DeepSpeed path); use DDP through "
@@ -341,7 +369,9 @@ class DPTrainer(Trainer):
                 stacklevel=2,
             )
         if ledger is None:
-            ledger = PrivacyLedger.load_or_new(args.privacy_ledger_path, accountant=args.accountant, delta=delta)
+            ledger = PrivacyLedger.load_or_new(
+                args.privacy_ledger_path, accountant=args.accountant, delta=delta
+            )
         if ledger.accountant != args.accountant:
             raise ValueError(
                 f"The privacy ledger uses accountant={ledger.accountant!r} but accountant={args.accountant!r} was "
@@ -377,11 +407,19 @@ class DPTrainer(Trainer):
             poisson=args.poisson_sampling,
         )
         self._noise_generator = torch.Generator(device=args.device).manual_seed(args.seed + 7919)
-        self._grad_sample_module = attach_grad_sampler(self.model, args.clipping_mode, args.per_sample_max_grad_norm)
+        self._grad_sample_module = attach_grad_sampler(
+            self.model, args.clipping_mode, args.per_sample_max_grad_norm
+        )
         logger.info(
             "DP-SGD: N=%d, expected batch=%d, q=%.4g, steps=%d, noise_multiplier=%.4g, C=%s, accountant=%s, delta=%.3g",
-            n, expected, self.dp_sample_rate, planned, self.dp_noise_multiplier,
-            args.per_sample_max_grad_norm, args.accountant, delta,
+            n,
+            expected,
+            self.dp_sample_rate,
+            planned,
+            self.dp_noise_multiplier,
+            args.per_sample_max_grad_norm,
+            args.accountant,
+            delta,
         )
 
     def _release_entry(self, steps: int) -> tuple:
@@ -393,7 +431,9 @@ class DPTrainer(Trainer):
         prior = self.privacy_ledger.history(exclude=self.args.privacy_release_name)
 
         def within(k: int) -> bool:
-            eps = compute_epsilon(prior + [self._release_entry(k)], self.privacy_ledger.delta, self.args.accountant)
+            eps = compute_epsilon(
+                prior + [self._release_entry(k)], self.privacy_ledger.delta, self.args.accountant
+            )
             return eps <= self.args.target_epsilon
 
         lo, hi = planned, planned * 2
@@ -491,7 +531,11 @@ class DPTrainer(Trainer):
         step = self.dp_max_physical_batch_size
         for start in range(0, n, step):
             micro = {
-                k: (v[start : start + step] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v)
+                k: (
+                    v[start : start + step]
+                    if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n
+                    else v
+                )
                 for k, v in inputs.items()
             }
             with self.compute_loss_context_manager():
@@ -550,7 +594,9 @@ class DPTrainer(Trainer):
         if not self.args.disable_dp:
             self.privacy_ledger.save(output_dir)
         report = self.privacy_report()
-        atomic_write_text(os.path.join(output_dir, PRIVACY_REPORT_NAME), json.dumps(report, indent=2, default=str))
+        atomic_write_text(
+            os.path.join(output_dir, PRIVACY_REPORT_NAME), json.dumps(report, indent=2, default=str)
+        )
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict=state_dict)
@@ -578,7 +624,9 @@ class DPTrainer(Trainer):
             if resume_from_checkpoint is True:
                 resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
                 if resume_from_checkpoint is None:
-                    raise ValueError(f"resume_from_checkpoint=True but no checkpoint in {self.args.output_dir}.")
+                    raise ValueError(
+                        f"resume_from_checkpoint=True but no checkpoint in {self.args.output_dir}."
+                    )
             self._restore_privacy_state(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
@@ -591,9 +639,9 @@ class DPTrainer(Trainer):
                 "accounting cannot be resumed. Start from a DPTrainer checkpoint or from scratch."
             )
         state = torch.load(state_path, weights_only=False)
-        if not math.isclose(state["noise_multiplier"], self.dp_noise_multiplier, rel_tol=1e-9) or not math.isclose(
-            state["sample_rate"], self.dp_sample_rate, rel_tol=1e-12
-        ):
+        if not math.isclose(
+            state["noise_multiplier"], self.dp_noise_multiplier, rel_tol=1e-9
+        ) or not math.isclose(state["sample_rate"], self.dp_sample_rate, rel_tol=1e-12):
             raise ValueError(
                 f"The checkpoint was trained with noise_multiplier={state['noise_multiplier']:.6g}, "
                 f"sample_rate={state['sample_rate']:.6g}, but the current settings give "

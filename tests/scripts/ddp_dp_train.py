@@ -18,26 +18,51 @@ torch.set_num_threads(1)
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 p = torch.nn.Parameter(torch.zeros(20_000))
-opt = DPSGDOptimizer(torch.optim.SGD([p], lr=1.0), noise_multiplier=1.5, max_grad_norm=1.0, expected_batch_size=10.0,
-                     grad_sample_module=torch.nn.Module(), generator=torch.Generator().manual_seed(100 + rank))
+opt = DPSGDOptimizer(
+    torch.optim.SGD([p], lr=1.0),
+    noise_multiplier=1.5,
+    max_grad_norm=1.0,
+    expected_batch_size=10.0,
+    grad_sample_module=torch.nn.Module(),
+    generator=torch.Generator().manual_seed(100 + rank),
+)
 opt.step()
 noise_std = float((-p.detach()).std())
 
 # 2) DPTrainer on 2 ranks (the Trainer sees the existing gloo process group).
 torch.manual_seed(0)
-model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16,
-                                   bos_token_id=0, eos_token_id=0))
+model = GPT2LMHeadModel(
+    GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16, bos_token_id=0, eos_token_id=0)
+)
 g = torch.Generator().manual_seed(0)
 ids = torch.randint(0, 40, (120, 8), generator=g).tolist()
 ds = Dataset.from_dict({"input_ids": ids, "labels": ids})
-args = DPConfig(output_dir=out_dir, per_device_train_batch_size=per_device, max_steps=4, use_cpu=True,
-                report_to=[], noise_multiplier=1.0, max_physical_batch_size=4, save_strategy="no", seed=0,
-                learning_rate=1e-2, ddp_backend="gloo")
+args = DPConfig(
+    output_dir=out_dir,
+    per_device_train_batch_size=per_device,
+    max_steps=4,
+    use_cpu=True,
+    report_to=[],
+    noise_multiplier=1.0,
+    max_physical_batch_size=4,
+    save_strategy="no",
+    seed=0,
+    learning_rate=1e-2,
+    ddp_backend="gloo",
+)
 trainer = DPTrainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
 trainer.train()
 checksum = float(sum(q.detach().double().sum() for q in trainer.model.parameters()))
 report = trainer.privacy_report()
 with open(f"{out_dir}/rank{rank}.json", "w") as f:
-    json.dump({"noise_std": noise_std, "checksum": checksum, "epsilon": report["epsilon"],
-               "sample_rate": report["sample_rate"], "world_size": dist.get_world_size(),
-               "steps": report["steps"]}, f)
+    json.dump(
+        {
+            "noise_std": noise_std,
+            "checksum": checksum,
+            "epsilon": report["epsilon"],
+            "sample_rate": report["sample_rate"],
+            "world_size": dist.get_world_size(),
+            "steps": report["steps"],
+        },
+        f,
+    )

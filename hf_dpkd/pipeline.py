@@ -1,0 +1,724 @@
+"""The DistilDP pipeline as functions over one run directory.
+
+Stages (each skipped when its marker exists, each resumable when interrupted):
+  data       private splits, public split, tokenizer and base models (embedded demo or a loaded dataset)
+  histogram  the distribution of control codes to generate (DP: first privacy-ledger entry)
+  teacher    DP-SGD fine-tuning of the teacher (ledger entry 2); the non-private reference teacher too
+  generate   control-coded synthetic data sampled from the DP teacher (post-processing)
+  students   every method of `--methods` (DistilDP, DP Syn Data, DP-SGD student, DPKD, on-policy)
+  evaluate   test perplexity in the paper's protocol -> results.json, results.md, results.png
+  audit      membership inference, memorization, canary exposure -> audit.json, audit.md, roc.png
+  push       optional Hub pushes of the teacher, the synthetic data and the DistilDP student
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from hf_dpkd._io import atomic_write_text
+from hf_dpkd.privacy.accounting import PrivacyLedger, default_delta
+from hf_dpkd.run_config import RunConfig
+from hf_dpkd.run_dir import RunDir
+
+logger = logging.getLogger(__name__)
+
+STUDENT_METHODS = ("distildp", "dp_syn_data", "dp_sgd_student", "dpkd", "on_policy")
+METHOD_LABELS = {
+    "non_private_teacher": "Teacher, non-private (reference)",
+    "teacher": "DP teacher",
+    "distildp": "DistilDP student (CE + KD)",
+    "dp_syn_data": "DP Syn Data student (CE only)",
+    "dp_sgd_student": "DP-SGD student",
+    "dpkd": "DPKD student",
+    "on_policy": "On-policy student (DP teacher)",
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------------
+def _training_args(output_dir: Path, config: RunConfig, **kwargs) -> dict[str, Any]:
+    base = dict(
+        output_dir=str(output_dir),
+        use_cpu=not torch.cuda.is_available(),
+        report_to=[],
+        seed=config.pipeline.seed,
+        save_strategy="steps",
+        save_steps=25,
+        save_total_limit=1,
+        logging_steps=10,
+        lr_scheduler_type="constant",
+        weight_decay=0.01,
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+    base.update(kwargs)
+    return base
+
+
+def _resume_point(output_dir: Path) -> str | None:
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give the tokenizer a pad token distinct from eos (the model's new row = mean embedding, as the paper does)."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_model_and_tokenizer(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a folder or a Hub id, with a clear error for a bad path."""
+    path = str(path)
+    if (path.startswith((".", "/")) or os.sep in path and not _looks_like_hub_id(path)) and not Path(
+        path
+    ).exists():
+        raise FileNotFoundError(
+            f"Model path {path!r} does not exist; give a local folder or a Hub id (namespace/name)."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path)
+    except ValueError as e:
+        raise ValueError(
+            f"{path!r} is not a causal language model ({e}); DistilDP needs decoder-only LMs."
+        ) from e
+    return model, tokenizer
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    return path.count("/") == 1 and not Path(path).exists()
+
+
+def _tokenize_for_lm(dataset: Dataset, tokenizer, fmt, max_length: int, with_prompt: bool = True) -> Dataset:
+    """Format each record as control-code prompt + text + eos and tokenize (truncated to `max_length`)."""
+    eos = tokenizer.eos_token or ""
+    columns = list(dataset.column_names)
+
+    def encode(batch):
+        texts = []
+        for i in range(len(batch["text"])):
+            record = {c: batch[c][i] for c in columns}
+            texts.append(
+                fmt.format_training_text(record, record["text"], eos) if with_prompt else record["text"] + eos
+            )
+        return tokenizer(texts, truncation=True, max_length=max_length)
+
+    return dataset.map(encode, batched=True, remove_columns=columns, desc="tokenizing")
+
+
+def _lm_collator(tokenizer):
+    return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pipeline object
+# ---------------------------------------------------------------------------------------------------
+class Pipeline:
+    """Runs the stages of `config` over `config.pipeline.run_dir`."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.run = RunDir(config.pipeline.run_dir)
+        self._data: DatasetDict | None = None
+        self._fmt = None
+
+    # -- shared artifacts -------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.run / "data" / "private"
+
+    def data(self) -> DatasetDict:
+        if self._data is None:
+            self._data = load_from_disk(str(self.data_dir))
+        return self._data
+
+    def fmt(self):
+        if self._fmt is None:
+            from hf_dpkd.synthetic.control_codes import ControlCodeFormat
+
+            info = json.loads((self.run / "data" / "info.json").read_text())
+            self._fmt = ControlCodeFormat(fields=[tuple(f) for f in info["control_fields"]])
+        return self._fmt
+
+    def delta(self) -> float:
+        n = len(self.data()["train"])
+        return self.config.pipeline.target_delta or default_delta(n)
+
+    def base_path(self, which: str) -> Path:
+        return self.run / "base" / which
+
+    def ledger_for(self, path: Path) -> PrivacyLedger | None:
+        return PrivacyLedger.load(path) if (path / "privacy_ledger.json").is_file() else None
+
+    # -- stage runner -----------------------------------------------------------------------------
+    def run_stages(self) -> dict[str, Any]:
+        with self.run:
+            atomic_write_text(self.run / "config.json", json.dumps(self.config.to_dict(), indent=2))
+            for stage in self.config.stage_list:
+                if self.run.is_done(stage):
+                    logger.info("stage %s: already done, skipped", stage)
+                    continue
+                start = time.time()
+                print(f"==> stage {stage}", flush=True)
+                result = getattr(self, f"stage_{stage}")() or {}
+                result["seconds"] = round(time.time() - start, 1)
+                self.run.mark_done(stage, result)
+            return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        results = self.run / "results.json"
+        return json.loads(results.read_text()) if results.is_file() else {}
+
+    # -- stage: data ------------------------------------------------------------------------------
+    def stage_data(self) -> dict[str, Any]:
+        from hf_dpkd.hub import mark_private_data
+
+        c = self.config
+        info: dict[str, Any] = {"dataset": c.data.dataset}
+        if c.data.dataset == "demo":
+            from hf_dpkd.data.demo import make_demo_dataset
+            from hf_dpkd.data.models import build_demo_models, train_demo_tokenizer
+
+            demo = make_demo_dataset(
+                num_train=c.data.demo_num_train, num_public=c.data.demo_num_public, seed=c.pipeline.seed
+            )
+            splits = demo.dataset
+            public = splits["public"]
+            private = DatasetDict({k: v for k, v in splits.items() if k != "public"})
+            info["control_fields"] = [list(x) for x in demo.control_fields.items()]
+            info["canaries"] = [canary_to_dict(x) for x in demo.canaries]
+            public.save_to_disk(str(self.run / "data" / "public"))
+            tokenizer = train_demo_tokenizer(list(public["text"]))
+            paths = build_demo_models(
+                self.run.path,
+                tokenizer,
+                list(public["text"]),
+                pretrain_steps=c.teacher.pretrain_steps,
+                max_length=c.data.max_length,
+                seed=c.pipeline.seed,
+            )
+            info["base_models"] = {k: str(v) for k, v in paths.items()}
+        else:
+            from hf_dpkd.data.loaders import load_private_dataset
+
+            controls = c.data.control_columns.split(",") if c.data.control_columns else None
+            private, control_fields = load_private_dataset(
+                c.data.dataset, text_column=c.data.text_column, control_columns=controls
+            )
+            info["control_fields"] = [list(x) for x in control_fields]
+            for which, source in (("teacher", c.teacher.teacher_model), ("student", c.teacher.student_model)):
+                model, tokenizer = load_model_and_tokenizer(source)
+                ensure_pad_token(model, tokenizer)
+                model.save_pretrained(self.base_path(which))
+                tokenizer.save_pretrained(self.base_path(which))
+            info["base_models"] = {
+                "teacher": str(self.base_path("teacher")),
+                "student": str(self.base_path("student")),
+            }
+        if c.data.max_train_samples:
+            private["train"] = private["train"].select(
+                range(min(c.data.max_train_samples, len(private["train"])))
+            )
+        for split in ("train", "test"):
+            if split not in private or len(private[split]) == 0:
+                raise ValueError(f"The dataset {c.data.dataset!r} has no (or an empty) {split!r} split.")
+        private.save_to_disk(str(self.data_dir))
+        mark_private_data(self.data_dir)
+        info["sizes"] = {k: len(v) for k, v in private.items()}
+        atomic_write_text(self.run / "data" / "info.json", json.dumps(info, indent=2))
+        self._data = None
+        return {"sizes": info["sizes"]}
+
+    # -- stage: histogram -------------------------------------------------------------------------
+    def stage_histogram(self) -> dict[str, Any]:
+        from hf_dpkd.privacy import histogram
+
+        c = self.config
+        mode = c.data.control_code_distribution
+        ledger = PrivacyLedger(accountant=c.pipeline.accountant, delta=self.delta())
+        train = self.data()["train"]
+        if mode == "dp":
+            dist = histogram.dp_control_code_distribution(
+                train, self.fmt(), c.data.histogram_noise_multiplier, ledger, seed=c.pipeline.seed
+            )
+        elif mode == "uniform":
+            dist = histogram.uniform_distribution(self._code_domain(train))
+        else:
+            dist = histogram.exact_private_distribution(train, self.fmt())
+        out = self.run / "histogram"
+        out.mkdir(parents=True, exist_ok=True)
+        dist.save(out / "control_codes.json")
+        ledger.save(out)
+        return {"mode": mode, "epsilon_so_far": ledger.epsilon() if ledger.releases else 0.0}
+
+    def _code_domain(self, dataset: Dataset) -> dict[str, list[str]]:
+        return {col: sorted(set(dataset[col])) for col, _ in self.fmt().fields}
+
+    def control_distribution(self):
+        from hf_dpkd.privacy.histogram import ControlCodeDistribution
+
+        return ControlCodeDistribution.load(self.run / "histogram" / "control_codes.json")
+
+    # -- stage: teacher ---------------------------------------------------------------------------
+    def _train_private(
+        self,
+        base: Path,
+        output: Path,
+        *,
+        epochs: float,
+        learning_rate: float,
+        target_epsilon: float | None,
+        prior_ledger: Path | None = None,
+        release_name: str = "dp_sgd",
+        teacher_for_kd: Path | None = None,
+    ) -> Path:
+        """Train `base` on the private training split: DP-SGD (target_epsilon) or non-private (None)."""
+        from hf_dpkd.trainers.dp import DPConfig, DPTrainer
+
+        c = self.config
+        final = output / "final"
+        if (final / "config.json").is_file():
+            return final
+        model, tokenizer = load_model_and_tokenizer(base)
+        train = _tokenize_for_lm(self.data()["train"], tokenizer, self.fmt(), c.data.max_length)
+        common = _training_args(
+            output,
+            c,
+            num_train_epochs=epochs,
+            learning_rate=learning_rate,
+            per_device_train_batch_size=c.teacher.teacher_batch_size,
+            gradient_accumulation_steps=c.teacher.teacher_gradient_accumulation_steps,
+        )
+        if target_epsilon is None:
+            common["per_device_train_batch_size"] = min(32, c.teacher.teacher_batch_size)
+            trainer = Trainer(
+                model=model,
+                args=TrainingArguments(**common),
+                train_dataset=train,
+                processing_class=tokenizer,
+                data_collator=_lm_collator(tokenizer),
+            )
+        elif teacher_for_kd is None:
+            args = DPConfig(
+                **common,
+                target_epsilon=target_epsilon,
+                target_delta=self.delta(),
+                accountant=c.pipeline.accountant,
+                per_sample_max_grad_norm=c.teacher.per_sample_max_grad_norm,
+                max_physical_batch_size=c.teacher.max_physical_batch_size,
+                clipping_mode=c.teacher.clipping_mode,
+                privacy_ledger_path=str(prior_ledger) if prior_ledger else None,
+                privacy_release_name=release_name,
+            )
+            trainer = DPTrainer(
+                model=model,
+                args=args,
+                train_dataset=train,
+                processing_class=tokenizer,
+                data_collator=_lm_collator(tokenizer),
+            )
+        else:
+            from hf_dpkd.trainers.distillation import DistillationConfig, DistillationTrainer
+
+            teacher, _ = load_model_and_tokenizer(teacher_for_kd)
+            args = DistillationConfig(
+                **common,
+                target_epsilon=target_epsilon,
+                target_delta=self.delta(),
+                accountant=c.pipeline.accountant,
+                per_sample_max_grad_norm=c.teacher.per_sample_max_grad_norm,
+                max_physical_batch_size=c.teacher.max_physical_batch_size,
+                clipping_mode=c.teacher.clipping_mode,
+                privacy_ledger_path=str(prior_ledger) if prior_ledger else None,
+                privacy_release_name=release_name,
+                alpha_ce=1 - c.student.kd_lambda,
+                alpha_kd=c.student.kd_lambda,
+                temperature=c.student.kd_temperature,
+                kd_loss=c.student.kd_loss,
+            )
+            trainer = DistillationTrainer(
+                model=model,
+                teacher_model=teacher,
+                args=args,
+                train_dataset=train,
+                processing_class=tokenizer,
+                data_collator=_lm_collator(tokenizer),
+            )
+        trainer.train(resume_from_checkpoint=_resume_point(output))
+        trainer.save_model(str(final))
+        tokenizer.save_pretrained(str(final))
+        return final
+
+    def stage_teacher(self) -> dict[str, Any]:
+        c = self.config
+        result: dict[str, Any] = {}
+        final = self._train_private(
+            self.base_path("teacher"),
+            self.run / "teacher",
+            epochs=c.teacher.teacher_epochs,
+            learning_rate=c.teacher.teacher_learning_rate,
+            target_epsilon=c.pipeline.target_epsilon,
+            prior_ledger=self.run / "histogram",
+            release_name="teacher_dp_sgd",
+        )
+        result["teacher_epsilon"] = PrivacyLedger.load(final).epsilon()
+        if "non_private_teacher" in c.method_list:
+            self._train_private(
+                self.base_path("teacher"),
+                self.run / "non_private_teacher",
+                epochs=c.teacher.teacher_epochs,
+                learning_rate=c.teacher.teacher_learning_rate / 4,
+                target_epsilon=None,
+            )
+        return result
+
+    # -- stage: generate --------------------------------------------------------------------------
+    def stage_generate(self) -> dict[str, Any]:
+        from hf_dpkd.hub import write_dataset_card
+        from hf_dpkd.synthetic.generation import SyntheticGenerationConfig, generate_synthetic_dataset
+
+        c, g = self.config, self.config.generation
+        teacher_dir = self.run / "teacher" / "final"
+        model, tokenizer = load_model_and_tokenizer(teacher_dir)
+        gen = SyntheticGenerationConfig(
+            top_k=g.top_k,
+            top_p=g.top_p,
+            temperature=g.temperature,
+            no_repeat_ngram_size=g.no_repeat_ngram_size,
+            max_length=g.generation_max_length,
+            num_return_sequences=g.num_return_sequences,
+        )
+        out = self.run / "synthetic"
+        dataset = generate_synthetic_dataset(
+            model,
+            tokenizer,
+            self.control_distribution(),
+            g.num_synthetic_samples,
+            out,
+            fmt=self.fmt(),
+            generation=gen,
+            seed=c.pipeline.seed,
+            batch_size=g.generation_batch_size,
+        )
+        ledger = PrivacyLedger.load(teacher_dir)
+        ledger.save(out)
+        write_dataset_card(
+            out,
+            source_model=str(teacher_dir),
+            ledger=ledger,
+            control_code_mode=self._card_code_mode(),
+            generation_config=vars(gen) if hasattr(gen, "__dict__") else dict(gen),
+            num_samples=len(dataset),
+            control_fields=[col for col, _ in self.fmt().fields],
+        )
+        return {"num_samples": len(dataset)}
+
+    def _card_code_mode(self) -> str:
+        return {"dp": "dp_histogram", "uniform": "uniform", "exact": "exact"}[
+            self.config.data.control_code_distribution
+        ]
+
+    def synthetic(self) -> Dataset:
+        from hf_dpkd.synthetic.generation import load_synthetic_dataset
+
+        return load_synthetic_dataset(self.run / "synthetic")
+
+    # -- stage: students --------------------------------------------------------------------------
+    def _train_on_synthetic(self, method: str, output: Path) -> Path:
+        from hf_dpkd.trainers.distillation import DistillationConfig, DistillationTrainer
+
+        c, s = self.config, self.config.student
+        final = output / "final"
+        if (final / "config.json").is_file():
+            return final
+        model, tokenizer = load_model_and_tokenizer(self.base_path("student"))
+        synth = self.synthetic()
+        split = synth.train_test_split(test_size=0.01, seed=c.pipeline.seed) if len(synth) >= 200 else None
+        train = _tokenize_for_lm(split["train"] if split else synth, tokenizer, self.fmt(), c.data.max_length)
+        common = _training_args(
+            output,
+            c,
+            num_train_epochs=s.student_epochs,
+            learning_rate=s.student_learning_rate,
+            per_device_train_batch_size=s.student_batch_size,
+        )
+        if method == "dp_syn_data":
+            trainer = Trainer(
+                model=model,
+                args=TrainingArguments(**common),
+                train_dataset=train,
+                processing_class=tokenizer,
+                data_collator=_lm_collator(tokenizer),
+            )
+        else:
+            teacher, _ = load_model_and_tokenizer(self.run / "teacher" / "final")
+            extra = {"on_policy_ratio": s.on_policy_ratio} if method == "on_policy" else {}
+            args = DistillationConfig(
+                **common,
+                alpha_ce=1 - s.kd_lambda,
+                alpha_kd=s.kd_lambda,
+                temperature=s.kd_temperature,
+                kd_loss=s.kd_loss if method != "on_policy" else "jsd",
+                alpha_hidden=s.alpha_hidden,
+                **extra,
+            )
+            trainer = DistillationTrainer(
+                model=model,
+                teacher_model=teacher,
+                args=args,
+                train_dataset=train,
+                processing_class=tokenizer,
+                data_collator=_lm_collator(tokenizer),
+            )
+        trainer.train(resume_from_checkpoint=_resume_point(output))
+        trainer.save_model(str(final))
+        tokenizer.save_pretrained(str(final))
+        # The student inherits the teacher's guarantee (post-processing): same ledger, no new release.
+        PrivacyLedger.load(self.run / "teacher" / "final").save(final)
+        return final
+
+    def stage_students(self) -> dict[str, Any]:
+        c = self.config
+        eps = c.pipeline.target_epsilon
+        result = {}
+        for method in c.method_list:
+            if method not in STUDENT_METHODS:
+                continue
+            print(f"    student: {method}", flush=True)
+            out = self.run / "students" / method
+            if method in ("distildp", "dp_syn_data", "on_policy"):
+                final = self._train_on_synthetic(method, out)
+            elif method == "dp_sgd_student":
+                final = self._train_private(
+                    self.base_path("student"),
+                    out,
+                    epochs=c.student.dp_student_epochs,
+                    learning_rate=c.teacher.teacher_learning_rate,
+                    target_epsilon=eps,
+                    release_name="student_dp_sgd",
+                )
+            else:  # dpkd: teacher at eps/2, then the student with DP-SGD and the KD loss, composed to eps
+                half_teacher = self._train_private(
+                    self.base_path("teacher"),
+                    self.run / "students" / "dpkd_teacher",
+                    epochs=c.teacher.teacher_epochs,
+                    learning_rate=c.teacher.teacher_learning_rate,
+                    target_epsilon=eps / 2,
+                    release_name="dpkd_teacher_dp_sgd",
+                )
+                final = self._train_private(
+                    self.base_path("student"),
+                    out,
+                    epochs=c.student.dp_student_epochs,
+                    learning_rate=c.teacher.teacher_learning_rate,
+                    target_epsilon=eps,
+                    prior_ledger=half_teacher,
+                    release_name="dpkd_student_dp_sgd",
+                    teacher_for_kd=half_teacher,
+                )
+            result[method] = str(final)
+        return result
+
+    # -- stage: evaluate --------------------------------------------------------------------------
+    def model_dirs(self) -> dict[str, Path]:
+        dirs = {
+            "teacher": self.run / "teacher" / "final",
+            "non_private_teacher": self.run / "non_private_teacher" / "final",
+        }
+        for m in STUDENT_METHODS:
+            dirs[m] = self.run / "students" / m / "final"
+        return {k: v for k, v in dirs.items() if (v / "config.json").is_file()}
+
+    def stage_evaluate(self) -> dict[str, Any]:
+        from hf_dpkd.evaluation import perplexity
+
+        c = self.config
+        test_texts = list(self.data()["test"]["text"])
+        rows = []
+        for name, path in self.model_dirs().items():
+            model, tokenizer = load_model_and_tokenizer(path)
+            ppl = perplexity(model, tokenizer, test_texts, window=min(128, c.data.max_length))
+            ledger = self.ledger_for(path)
+            eps = ledger.epsilon() if ledger and ledger.releases else math.inf
+            rows.append(
+                {
+                    "method": name,
+                    "label": METHOD_LABELS.get(name, name),
+                    "epsilon": eps,
+                    "delta": ledger.delta if ledger else None,
+                    "test_perplexity": ppl["perplexity"],
+                    "token_weighted_perplexity": ppl["token_weighted_perplexity"],
+                    "num_parameters": sum(p.numel() for p in model.parameters()),
+                    "path": str(path),
+                }
+            )
+        results = {"rows": rows, "config": c.to_dict(), "delta": self.delta()}
+        atomic_write_text(self.run / "results.json", json.dumps(results, indent=2, default=str))
+        atomic_write_text(self.run / "results.md", results_markdown(rows))
+        plot_results(rows, self.run / "results.png")
+        return {"methods": [r["method"] for r in rows]}
+
+    # -- stage: audit -----------------------------------------------------------------------------
+    def stage_audit(self) -> dict[str, Any]:
+        from hf_dpkd.audit.canaries import Canary, canary_exposures
+        from hf_dpkd.audit.mia import run_membership_inference
+        from hf_dpkd.audit.report import write_audit_report
+
+        c = self.config
+        data = self.data()
+        fmt = self.fmt()
+        n = min(c.audit.audit_num_records, len(data["train"]), len(data["test"]))
+        members = [(fmt.format_prompt(r), r["text"]) for r in data["train"].shuffle(seed=1).select(range(n))]
+        non_members = [
+            (fmt.format_prompt(r), r["text"]) for r in data["test"].shuffle(seed=1).select(range(n))
+        ]
+        reference, _ = load_model_and_tokenizer(self.base_path("teacher"))
+        info = json.loads((self.run / "data" / "info.json").read_text())
+        canaries = [Canary.from_dict(x) for x in info.get("canaries", [])]
+        dirs = self.model_dirs()
+        results: dict[str, Any] = {"membership": {}, "canaries": {}, "meta": {"num_members": n}}
+        for name in [m.strip() for m in c.audit.audit_models.split(",") if m.strip()]:
+            if name not in dirs:
+                continue
+            model, tokenizer = load_model_and_tokenizer(dirs[name])
+            ref = (
+                reference
+                if reference.get_input_embeddings().weight.shape == model.get_input_embeddings().weight.shape
+                else None
+            )
+            results["membership"][name] = run_membership_inference(
+                model,
+                tokenizer,
+                members,
+                non_members,
+                reference_model=ref,
+                mope_num_perturbations=c.audit.audit_mope_perturbations,
+                include_curves=True,
+            )
+            if canaries:
+                results["canaries"][name] = canary_exposures(model, tokenizer, canaries)
+        write_audit_report(results, self.run / "audit")
+        return {"models": list(results["membership"])}
+
+    # -- stage: push ------------------------------------------------------------------------------
+    def stage_push(self) -> dict[str, Any]:
+        from hf_dpkd.hub import push_folder_to_hub, write_model_card
+
+        h = self.config.hub
+        pushed = {}
+        results = self.summary()
+        ppl = {r["method"]: r["test_perplexity"] for r in results.get("rows", [])}
+        if h.push_teacher:
+            folder = self.run / "teacher" / "final"
+            write_model_card(
+                folder,
+                kind="teacher",
+                base_model=self.config.teacher.teacher_model,
+                ledger=PrivacyLedger.load(folder),
+                method={"method": "DP-SGD fine-tuning (DistilDP teacher)"},
+                eval_results={"perplexity": ppl["teacher"]} if "teacher" in ppl else None,
+                repo_id=h.push_teacher,
+            )
+            pushed["teacher"] = push_folder_to_hub(
+                folder,
+                h.push_teacher,
+                private=h.hub_private_repo,
+                token=h.hub_token,
+                ignore_patterns=["checkpoint-*", "*.pt", "training_args.bin"],
+            )
+        if h.push_synthetic:
+            pushed["synthetic"] = push_folder_to_hub(
+                self.run / "synthetic",
+                h.push_synthetic,
+                repo_type="dataset",
+                private=h.hub_private_repo,
+                token=h.hub_token,
+                allow_patterns=["README.md", "data/*", "privacy_ledger.json"],
+            )
+        if h.push_student:
+            folder = self.run / "students" / "distildp" / "final"
+            write_model_card(
+                folder,
+                kind="student",
+                base_model=self.config.teacher.student_model,
+                ledger=PrivacyLedger.load(folder),
+                method={
+                    "method": "DistilDP",
+                    "student_data": "synthetic",
+                    "kd_lambda": self.config.student.kd_lambda,
+                    "temperature": self.config.student.kd_temperature,
+                },
+                eval_results={"perplexity": ppl["distildp"]} if "distildp" in ppl else None,
+                repo_id=h.push_student,
+            )
+            pushed["student"] = push_folder_to_hub(
+                folder,
+                h.push_student,
+                private=h.hub_private_repo,
+                token=h.hub_token,
+                ignore_patterns=["checkpoint-*", "*.pt", "training_args.bin"],
+            )
+        return pushed
+
+
+def canary_to_dict(canary) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(canary) if is_dataclass(canary) else dict(canary)
+
+
+def results_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| Method | epsilon | Test perplexity | Parameters |", "|---|---:|---:|---:|"]
+    for r in rows:
+        eps = "inf (not private)" if not math.isfinite(r["epsilon"]) else f"{r['epsilon']:.3f}"
+        lines.append(f"| {r['label']} | {eps} | {r['test_perplexity']:.2f} | {r['num_parameters']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(rows: list[dict[str, Any]], path: Path) -> None:
+    """Bar chart of test perplexity per method, epsilon in the labels."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    labels = [
+        f"{r['method']}\n(eps={'inf' if not math.isfinite(r['epsilon']) else format(r['epsilon'], '.2f')})"
+        for r in rows
+    ]
+    ax.bar(range(len(rows)), [r["test_perplexity"] for r in rows], color="tab:blue")
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("test perplexity (lower is better)")
+    ax.set_title("DistilDP and baselines")
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    from hf_dpkd._io import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())
