@@ -1,0 +1,156 @@
+"""Distillation losses over the vocabulary, computed in chunks of the sequence.
+
+Every function returns per-sequence SUMS over the masked positions plus the token counts, so callers
+form token means (CE and KD over the same positions), per-example losses (DP-SGD) or
+`num_items_in_batch` normalisation from the same numbers. Only `chunk_size` positions of float32
+log-softmax (student and teacher) exist at a time: peak memory does not scale with batch*seq*vocab twice.
+
+Divergences follow trl's generalized JSD convention: beta = 0 is KL(teacher || student) ("forward",
+the paper's), beta = 1 is KL(student || teacher) ("reverse"), 0 < beta < 1 the generalized JSD with the
+mixture M = beta * teacher + (1 - beta) * student.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+
+
+def _divergence(s_logp: torch.Tensor, t_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-position divergence [..] between teacher and student log-probs [.., V]."""
+    if beta == 0.0:
+        return (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+    if beta == 1.0:
+        return (s_logp.exp() * (s_logp - t_logp)).sum(-1)
+    m_logp = torch.logsumexp(torch.stack([s_logp + math.log1p(-beta), t_logp + math.log(beta)]), dim=0)
+    kl_t = (t_logp.exp() * (t_logp - m_logp)).sum(-1)
+    kl_s = (s_logp.exp() * (s_logp - m_logp)).sum(-1)
+    return beta * kl_t + (1 - beta) * kl_s
+
+
+def kd_beta(kind: str, jsd_beta: float = 0.5) -> float:
+    if kind not in KD_LOSSES:
+        raise ValueError(f"kd_loss={kind!r} is not supported; use one of {KD_LOSSES}.")
+    return {"forward_kl": 0.0, "reverse_kl": 1.0}.get(kind, jsd_beta)
+
+
+def _chunks(length: int, chunk_size: int | None):
+    step = length if not chunk_size or chunk_size <= 0 else chunk_size
+    for start in range(0, length, step):
+        yield slice(start, min(length, start + step))
+
+
+def kd_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    chunk_size: int | None = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-sequence sum of the divergence over masked positions [B], token counts [B]); no t^2 factor."""
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0.")
+    total = student_logits.new_zeros(student_logits.shape[0], dtype=torch.float32)
+    for sl in _chunks(student_logits.shape[1], chunk_size):
+        s = F.log_softmax(student_logits[:, sl].float() / temperature, dim=-1)
+        t = F.log_softmax(teacher_logits[:, sl].float() / temperature, dim=-1)
+        total = total + (_divergence(s, t, beta) * mask[:, sl]).sum(1)
+    return total, mask.sum(1)
+
+
+def kd_divergence_topk(
+    student_logits: torch.Tensor,
+    teacher_topk_indices: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int | None = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward KL against a cached top-k teacher: the kept mass is renormalised, the tail is dropped.
+
+    With k = vocab size (log-probs at temperature 1) it equals :func:`kd_divergence` at beta 0. Only the
+    forward KL is defined this way: reverse KL and JSD need the whole teacher distribution.
+    """
+    total = student_logits.new_zeros(student_logits.shape[0], dtype=torch.float32)
+    for sl in _chunks(student_logits.shape[1], chunk_size):
+        s = F.log_softmax(student_logits[:, sl].float() / temperature, dim=-1)
+        s_k = s.gather(-1, teacher_topk_indices[:, sl].long())
+        t_k = F.log_softmax(teacher_topk_logprobs[:, sl].float() / temperature, dim=-1)  # renormalised top-k
+        total = total + ((t_k.exp() * (t_k - s_k)).sum(-1) * mask[:, sl]).sum(1)
+    return total, mask.sum(1)
+
+
+def cross_entropy_sums(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, chunk_size: int | None = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-sequence sum of NLL over masked positions [B], counts [B]), chunked like the KD terms."""
+    total = logits.new_zeros(logits.shape[0], dtype=torch.float32)
+    for sl in _chunks(logits.shape[1], chunk_size):
+        lp = F.log_softmax(logits[:, sl].float(), dim=-1)
+        nll = -lp.gather(-1, targets[:, sl].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        total = total + (nll * mask[:, sl]).sum(1)
+    return total, mask.sum(1)
+
+
+def resolve_layer_map(spec, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """(student hidden-state index, teacher hidden-state index) pairs; index 0 is the embeddings,
+    i is the output of block i. 'last' maps the final states, 'uniform' spreads the student's blocks."""
+    if spec in (None, "last"):
+        pairs = [(student_layers, teacher_layers)]
+    elif spec == "uniform":
+        pairs = [(i, round(i * teacher_layers / student_layers)) for i in range(1, student_layers + 1)]
+    else:
+        if isinstance(spec, str):
+            spec = [tuple(int(x) for x in p.split(":")) for p in spec.split(",") if p.strip()]
+        pairs = [(int(s), int(t)) for s, t in spec]
+    for s, t in pairs:
+        if not (0 <= s <= student_layers and 0 <= t <= teacher_layers):
+            raise ValueError(
+                f"layer_map pair ({s}, {t}) is out of range: the student has hidden states 0..{student_layers}, "
+                f"the teacher 0..{teacher_layers}."
+            )
+    return pairs
+
+
+class HiddenProjections(nn.Module):
+    """Learned linear maps student hidden size -> teacher hidden size, one per mapped layer pair."""
+
+    def __init__(self, pairs: list[tuple[int, int]], student_dim: int, teacher_dim: int):
+        super().__init__()
+        self.pairs = pairs
+        self.maps = nn.ModuleList(
+            [
+                nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
+                for _ in pairs
+            ]
+        )
+
+
+def hidden_alignment_sums(
+    student_hidden: tuple[torch.Tensor, ...],
+    teacher_hidden: tuple[torch.Tensor, ...],
+    mask: torch.Tensor,
+    projections: HiddenProjections,
+    kind: str = "mse",
+) -> torch.Tensor:
+    """Per-sequence sum over masked positions of the mean over mapped layers of MSE (per dim) or 1 - cosine."""
+    if kind not in ("mse", "cosine"):
+        raise ValueError(f"hidden_loss={kind!r}; use 'mse' or 'cosine'.")
+    total = mask.new_zeros(mask.shape[0], dtype=torch.float32)
+    for (s_idx, t_idx), proj in zip(projections.pairs, projections.maps):
+        hs = proj(student_hidden[s_idx].float())
+        ht = teacher_hidden[t_idx].float()
+        if kind == "mse":
+            per_pos = ((hs - ht) ** 2).mean(-1)
+        else:
+            per_pos = 1 - F.cosine_similarity(hs, ht, dim=-1)
+        total = total + (per_pos * mask).sum(1)
+    return total / len(projections.pairs)
