@@ -26,7 +26,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    DataCollatorForLanguageModeling,
+    DataCollatorForSeq2Seq,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -114,25 +114,37 @@ def _looks_like_hub_id(path: str) -> bool:
     return path.count("/") == 1 and not Path(path).exists()
 
 
-def _tokenize_for_lm(dataset: Dataset, tokenizer, fmt, max_length: int, with_prompt: bool = True) -> Dataset:
-    """Format each record as control-code prompt + text + eos and tokenize (truncated to `max_length`)."""
+def _tokenize_for_lm(dataset: Dataset, tokenizer, fmt, max_length: int, mask_prompt: bool = False) -> Dataset:
+    """Format each record as control-code prompt + text + eos and tokenize (truncated to `max_length`).
+
+    With `mask_prompt` the prompt tokens get label -100 (students learn the text given the codes).
+    """
     eos = tokenizer.eos_token or ""
     columns = list(dataset.column_names)
 
     def encode(batch):
-        texts = []
+        out = {"input_ids": [], "attention_mask": [], "labels": []}
         for i in range(len(batch["text"])):
             record = {c: batch[c][i] for c in columns}
-            texts.append(
-                fmt.format_training_text(record, record["text"], eos) if with_prompt else record["text"] + eos
-            )
-        return tokenizer(texts, truncation=True, max_length=max_length)
+            prompt = fmt.format_prompt(record)
+            ids = tokenizer(prompt + record["text"] + eos, truncation=True, max_length=max_length)[
+                "input_ids"
+            ]
+            labels = list(ids)
+            if mask_prompt:
+                n = min(len(tokenizer(prompt)["input_ids"]), len(ids) - 1)
+                labels[:n] = [-100] * n
+            out["input_ids"].append(ids)
+            out["attention_mask"].append([1] * len(ids))
+            out["labels"].append(labels)
+        return out
 
     return dataset.map(encode, batched=True, remove_columns=columns, desc="tokenizing")
 
 
 def _lm_collator(tokenizer):
-    return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    """Pads input_ids/attention_mask with the pad token and labels with -100 (keeps masked prompts)."""
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,9 +173,11 @@ class Pipeline:
         if self._fmt is None:
             from hf_dpkd.synthetic.control_codes import ControlCodeFormat
 
-            info = json.loads((self.run / "data" / "info.json").read_text())
-            self._fmt = ControlCodeFormat(fields=[tuple(f) for f in info["control_fields"]])
+            self._fmt = ControlCodeFormat(fields=tuple(tuple(f) for f in self.info()["control_fields"]))
         return self._fmt
+
+    def info(self) -> dict[str, Any]:
+        return json.loads((self.run / "data" / "info.json").read_text())
 
     def delta(self) -> float:
         n = len(self.data()["train"])
@@ -203,21 +217,24 @@ class Pipeline:
         if c.data.dataset == "demo":
             from hf_dpkd.data.demo import make_demo_dataset
             from hf_dpkd.data.models import build_demo_models, train_demo_tokenizer
+            from hf_dpkd.synthetic.control_codes import ControlCodeFormat
 
             demo = make_demo_dataset(
                 num_train=c.data.demo_num_train, num_public=c.data.demo_num_public, seed=c.pipeline.seed
             )
-            splits = demo.dataset
-            public = splits["public"]
-            private = DatasetDict({k: v for k, v in splits.items() if k != "public"})
+            public = demo.dataset["public"]
+            private = DatasetDict({k: v for k, v in demo.dataset.items() if k != "public"})
             info["control_fields"] = [list(x) for x in demo.control_fields.items()]
-            info["canaries"] = [canary_to_dict(x) for x in demo.canaries]
+            info["domain"] = demo.domain  # declared public: the categories and star values of the demo
+            info["canaries"] = demo.canaries
             public.save_to_disk(str(self.run / "data" / "public"))
-            tokenizer = train_demo_tokenizer(list(public["text"]))
+            fmt = ControlCodeFormat(fields=tuple(demo.control_fields.items()))
+            public_texts = [fmt.format_training_text(r, r["text"]) for r in public]
+            tokenizer = train_demo_tokenizer(public_texts)
             paths = build_demo_models(
                 self.run.path,
                 tokenizer,
-                list(public["text"]),
+                public_texts,
                 pretrain_steps=c.teacher.pretrain_steps,
                 max_length=c.data.max_length,
                 seed=c.pipeline.seed,
@@ -264,10 +281,17 @@ class Pipeline:
         train = self.data()["train"]
         if mode == "dp":
             dist = histogram.dp_control_code_distribution(
-                train, self.fmt(), c.data.histogram_noise_multiplier, ledger, seed=c.pipeline.seed
+                train,
+                self.fmt(),
+                c.data.histogram_noise_multiplier,
+                ledger,
+                domain=self.info().get("domain"),
+                seed=c.pipeline.seed,
             )
         elif mode == "uniform":
-            dist = histogram.uniform_distribution(self._code_domain(train))
+            dist = histogram.uniform_distribution(
+                self.fmt(), self.info().get("domain") or self._code_domain(train)
+            )
         else:
             dist = histogram.exact_private_distribution(train, self.fmt())
         out = self.run / "histogram"
@@ -277,7 +301,10 @@ class Pipeline:
         return {"mode": mode, "epsilon_so_far": ledger.epsilon() if ledger.releases else 0.0}
 
     def _code_domain(self, dataset: Dataset) -> dict[str, list[str]]:
-        return {col: sorted(set(dataset[col])) for col, _ in self.fmt().fields}
+        logger.warning(
+            "The control-code domain is read off the private data: it is not covered by the guarantee."
+        )
+        return {col: sorted({str(v) for v in dataset[col]}) for col in self.fmt().columns}
 
     def control_distribution(self):
         from hf_dpkd.privacy.histogram import ControlCodeDistribution
@@ -459,7 +486,9 @@ class Pipeline:
         model, tokenizer = load_model_and_tokenizer(self.base_path("student"))
         synth = self.synthetic()
         split = synth.train_test_split(test_size=0.01, seed=c.pipeline.seed) if len(synth) >= 200 else None
-        train = _tokenize_for_lm(split["train"] if split else synth, tokenizer, self.fmt(), c.data.max_length)
+        train = _tokenize_for_lm(
+            split["train"] if split else synth, tokenizer, self.fmt(), c.data.max_length, mask_prompt=True
+        )
         common = _training_args(
             output,
             c,
@@ -586,6 +615,7 @@ class Pipeline:
     # -- stage: audit -----------------------------------------------------------------------------
     def stage_audit(self) -> dict[str, Any]:
         from hf_dpkd.audit.canaries import Canary, canary_exposures
+        from hf_dpkd.audit.memorization import memorization_gap
         from hf_dpkd.audit.mia import run_membership_inference
         from hf_dpkd.audit.report import write_audit_report
 
@@ -598,32 +628,60 @@ class Pipeline:
             (fmt.format_prompt(r), r["text"]) for r in data["test"].shuffle(seed=1).select(range(n))
         ]
         reference, _ = load_model_and_tokenizer(self.base_path("teacher"))
-        info = json.loads((self.run / "data" / "info.json").read_text())
-        canaries = [Canary.from_dict(x) for x in info.get("canaries", [])]
+        canaries = [
+            Canary(
+                secret=x["secret"],
+                template=x["template"],
+                repeats=x["repeats"],
+                name=x["name"],
+                prefix=fmt.format_prompt({"category": x["category"], "stars": x["stars"]}),
+            )
+            for x in self.info().get("canaries", [])
+        ]
         dirs = self.model_dirs()
-        results: dict[str, Any] = {"membership": {}, "canaries": {}, "meta": {"num_members": n}}
+        summary: dict[str, Any] = {"num_members": n, "num_non_members": n, "models": {}}
         for name in [m.strip() for m in c.audit.audit_models.split(",") if m.strip()]:
             if name not in dirs:
                 continue
+            print(f"    audit: {name}", flush=True)
             model, tokenizer = load_model_and_tokenizer(dirs[name])
-            ref = (
-                reference
-                if reference.get_input_embeddings().weight.shape == model.get_input_embeddings().weight.shape
-                else None
+            same_vocab = (
+                reference.get_input_embeddings().weight.shape[0]
+                == model.get_input_embeddings().weight.shape[0]
             )
-            results["membership"][name] = run_membership_inference(
-                model,
-                tokenizer,
-                members,
-                non_members,
-                reference_model=ref,
-                mope_num_perturbations=c.audit.audit_mope_perturbations,
-                include_curves=True,
-            )
+            result: dict[str, Any] = {
+                "membership": run_membership_inference(
+                    model,
+                    tokenizer,
+                    members,
+                    non_members,
+                    reference_model=reference if same_vocab else None,
+                    mope_num_perturbations=c.audit.audit_mope_perturbations,
+                    include_curves=True,
+                ),
+                "memorization": memorization_gap(
+                    model, tokenizer, members, non_members, prompt_tokens=8, num_tokens=16
+                ),
+                "meta": {"model": name, "path": str(dirs[name]), "epsilon": self._epsilon_of(dirs[name])},
+            }
             if canaries:
-                results["canaries"][name] = canary_exposures(model, tokenizer, canaries)
-        write_audit_report(results, self.run / "audit")
-        return {"models": list(results["membership"])}
+                result["canaries"] = canary_exposures(model, tokenizer, canaries)
+            write_audit_report(result, self.run / "audit" / name)
+            summary["models"][name] = {
+                "epsilon": result["meta"]["epsilon"],
+                "auc": {a: r["auc"] for a, r in result["membership"].items()},
+                "memorization_gap": result["memorization"]["gap"],
+                "canary_exposure_by_repeats": {
+                    str(k): v["mean"] for k, v in (result.get("canaries") or {}).get("by_repeats", {}).items()
+                },
+            }
+        atomic_write_text(self.run / "audit" / "audit.json", json.dumps(summary, indent=2, default=str))
+        atomic_write_text(self.run / "audit" / "audit.md", audit_markdown(summary))
+        return {"models": list(summary["models"])}
+
+    def _epsilon_of(self, path: Path) -> float:
+        ledger = self.ledger_for(path)
+        return ledger.epsilon() if ledger and ledger.releases else math.inf
 
     # -- stage: push ------------------------------------------------------------------------------
     def stage_push(self) -> dict[str, Any]:
@@ -686,10 +744,41 @@ class Pipeline:
         return pushed
 
 
-def canary_to_dict(canary) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(canary) if is_dataclass(canary) else dict(canary)
+def audit_markdown(summary: dict[str, Any]) -> str:
+    """One row per audited model: epsilon, MIA AUC per attack, memorization gap, canary exposure."""
+    models = summary["models"]
+    if not models:
+        return "# Privacy audit\n\nNo model audited.\n"
+    attacks = sorted({a for m in models.values() for a in m["auc"]})
+    repeats = sorted({r for m in models.values() for r in m["canary_exposure_by_repeats"]}, key=float)
+    head = [
+        "model",
+        "epsilon",
+        *[f"AUC {a}" for a in attacks],
+        "memorization gap",
+        *[f"exposure x{r}" for r in repeats],
+    ]
+    lines = [
+        "# Privacy audit",
+        "",
+        f"{summary['num_members']} members (private training records) vs {summary['num_non_members']} non-members "
+        "(held-out test records). AUC 0.5 = chance. Exposure in bits (max log2 #candidates). An audit gives "
+        "evidence and lower bounds; it never certifies privacy (see docs/auditing.md).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, m in models.items():
+        eps = "inf" if not math.isfinite(m["epsilon"]) else f"{m['epsilon']:.2f}"
+        cells = [
+            name,
+            eps,
+            *[f"{m['auc'].get(a, float('nan')):.3f}" for a in attacks],
+            f"{m['memorization_gap']:.3f}",
+        ]
+        cells += [f"{m['canary_exposure_by_repeats'].get(r, float('nan')):.2f}" for r in repeats]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def results_markdown(rows: list[dict[str, Any]]) -> str:
