@@ -23,6 +23,8 @@ from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
 from opacus.optimizers.optimizer import DPOptimizer, _generate_noise
 from torch import nn
 
+import hf_dpkd.privacy.grad_samplers  # noqa: F401  (registers Conv1D / RMSNorm samplers)
+
 CLIPPING_MODES = ("hooks", "ghost")
 
 # Opacus' full backward hooks fire on embedding layers whose inputs are integer ids; harmless.
@@ -61,7 +63,11 @@ def attach_grad_sampler(model: nn.Module, clipping_mode: str, max_grad_norm: flo
                 "(config.tie_word_embeddings=False) before training."
             )
         return GradSampleModuleFastGradientClipping(
-            model, batch_first=True, loss_reduction="sum", max_grad_norm=max_grad_norm, use_ghost_clipping=True
+            model,
+            batch_first=True,
+            loss_reduction="sum",
+            max_grad_norm=max_grad_norm,
+            use_ghost_clipping=True,
         )
     return GradSampleModule(model, batch_first=True, loss_reduction="sum")
 
@@ -70,7 +76,13 @@ def detach_grad_sampler(grad_sample_module: nn.Module) -> None:
     """Remove Opacus' hooks and per-sample buffers from the wrapped model."""
     grad_sample_module.remove_hooks()
     for p in grad_sample_module._module.parameters():
-        for attr in ("grad_sample", "_current_grad_sample", "summed_grad", "_norm_sample", "_forward_counter"):
+        for attr in (
+            "grad_sample",
+            "_current_grad_sample",
+            "summed_grad",
+            "_norm_sample",
+            "_forward_counter",
+        ):
             if hasattr(p, attr):
                 delattr(p, attr)
 
@@ -129,7 +141,7 @@ class DPSGDOptimizer(DPOptimizer):
                 gsm.enable_hooks()
             for p in self.params:
                 if p.grad is not None:
-                    self._accumulate(p, p.grad.detach().double())
+                    self._accumulate(p, p.grad.detach().clone())
             self._drop_grads()
         else:
             per_sample_losses.sum().backward()
@@ -143,11 +155,10 @@ class DPSGDOptimizer(DPOptimizer):
         p.summed_grad = contribution if summed is None else summed + contribution
 
     def _clip_and_accumulate_exact(self, n: int) -> None:
-        """Opacus' per-sample clipping, summed in float64.
+        """Opacus' per-sample clipping, with the clipped gradients added one example at a time, in order.
 
-        The products clip_i * g_i of float32 values are exact in float64, so the float32 update does
-        not depend on how the logical batch was cut into micro-batches (bit for bit in practice), and
-        large logical batches lose no precision in the sum.
+        Adding the examples sequentially makes the float32 sum independent of how the logical batch was
+        cut into micro-batches: the update is bit-for-bit the same for any max_physical_batch_size.
         """
         grads = []
         for p in self.params:
@@ -156,12 +167,17 @@ class DPSGDOptimizer(DPOptimizer):
                 g = torch.zeros((n, *p.shape), device=p.device, dtype=p.dtype)
             elif isinstance(g, list):
                 g = torch.cat(g, dim=0)
-            grads.append(g)
+            grads.append(g.to(p.dtype))
         norms = torch.stack([g.reshape(n, -1).norm(2, dim=-1) for g in grads], dim=1).norm(2, dim=1)
-        factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0).double()
-        for p, g in zip(self.params, grads):
-            contribution = torch.einsum("i,i...->...", factor.to(g.device), g.double())
-            self._accumulate(p, contribution)
+        factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0).tolist()
+        sums = []
+        for p in self.params:
+            if getattr(p, "summed_grad", None) is None:
+                p.summed_grad = torch.zeros_like(p)
+            sums.append(p.summed_grad)
+        for i, factor in enumerate(factors):
+            torch._foreach_add_(sums, [g[i] for g in grads], alpha=factor)
+        for p in self.params:
             p.grad_sample = None
 
     def _drop_grads(self) -> None:
@@ -177,7 +193,6 @@ class DPSGDOptimizer(DPOptimizer):
             summed = getattr(p, "summed_grad", None)
             if summed is None:  # empty logical batch on this rank: only noise
                 summed = torch.zeros_like(p)
-            summed = summed.to(p.dtype)
             noise_here = (not self.distributed) or dist.get_rank() == 0
             if noise_here and self.noise_multiplier > 0:
                 noise = _generate_noise(
