@@ -17,6 +17,7 @@ from hf_dpkd.audit import (
     run_membership_inference,
     write_audit_report,
 )
+from hf_dpkd.evaluation import perplexity, perplexity_metric_path
 from hf_dpkd.hub import (
     PRIVATE_DATA_MARKER,
     HubPushError,
@@ -28,11 +29,36 @@ from hf_dpkd.hub import (
     write_model_card,
 )
 from hf_dpkd.privacy.accounting import PrivacyLedger, calibrate_noise_multiplier, compute_epsilon
+from hf_dpkd.privacy.histogram import (
+    ControlCodeDistribution,
+    dp_control_code_distribution,
+    uniform_distribution,
+)
+from hf_dpkd.synthetic.callback import SyntheticDataCallback
+from hf_dpkd.synthetic.control_codes import ControlCodeFormat
+from hf_dpkd.synthetic.generation import (
+    SyntheticGenerationConfig,
+    generate_synthetic_dataset,
+    load_synthetic_dataset,
+)
+from hf_dpkd.trainers.distillation import DistillationConfig, DistillationTrainer
 from hf_dpkd.trainers.dp import DPConfig, DPTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ControlCodeDistribution",
+    "ControlCodeFormat",
+    "DistillationConfig",
+    "DistillationTrainer",
+    "SyntheticDataCallback",
+    "SyntheticGenerationConfig",
+    "dp_control_code_distribution",
+    "generate_synthetic_dataset",
+    "load_synthetic_dataset",
+    "perplexity",
+    "perplexity_metric_path",
+    "uniform_distribution",
     "PRIVATE_DATA_MARKER",
     "AuditCanary",
     "Canary",

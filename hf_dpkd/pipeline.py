@@ -63,7 +63,7 @@ def _training_args(output_dir: Path, config: RunConfig, **kwargs) -> dict[str, A
         report_to=[],
         seed=config.pipeline.seed,
         save_strategy="steps",
-        save_steps=25,
+        save_steps=config.pipeline.save_steps,
         save_total_limit=1,
         logging_steps=10,
         lr_scheduler_type="constant",

@@ -38,6 +38,9 @@ class PipelineArguments:
         metadata={"help": "Delta of the guarantee (default N^-1.1 for N private training examples)."},
     )
     accountant: str = field(default="prv", metadata={"help": "Privacy accountant: prv, rdp or gdp."})
+    save_steps: int = field(
+        default=25, metadata={"help": "Checkpoint every N optimizer steps (an interrupted stage resumes from it)."}
+    )
 
 
 @dataclass
@@ -173,6 +176,7 @@ ARGUMENT_CLASSES = (
 #: The --quick preset: the whole pipeline in about a minute, for smoke tests.
 QUICK = {
     "run_dir": "runs/quick",
+    "save_steps": 2,
     "demo_num_train": 600,
     "demo_num_public": 600,
     "max_length": 48,

@@ -1,0 +1,122 @@
+"""The main job end to end (`--quick`): every stage, the results, the ledgers, skip-when-done, kill-and-resume."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hf_dpkd.privacy.accounting import PrivacyLedger
+
+ROOT = Path(__file__).parents[1]
+SCRIPT = ROOT / "examples" / "run_dpkd.py"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _run(run_dir: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--run_dir", str(run_dir), *extra],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("quick") / "run"
+    start = time.time()
+    proc = _run(run_dir)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run_dir, proc, time.time() - start
+
+
+def test_quick_run_produces_every_artifact(quick_run):
+    run_dir, proc, seconds = quick_run
+    assert seconds < 180
+    results = json.loads((run_dir / "results.json").read_text())
+    rows = {r["method"]: r for r in results["rows"]}
+    assert set(rows) == {
+        "teacher",
+        "non_private_teacher",
+        "distildp",
+        "dp_syn_data",
+        "dp_sgd_student",
+        "dpkd",
+        "on_policy",
+    }
+    for name, row in rows.items():
+        assert math.isfinite(row["test_perplexity"]) and row["test_perplexity"] > 1
+        if name == "non_private_teacher":
+            assert row["epsilon"] == math.inf
+        else:
+            assert 1.9 < row["epsilon"] <= 2.0, (name, row["epsilon"])
+    for f in ("results.md", "results.png", "audit/audit.json", "audit/audit.md", "audit/teacher/roc.png"):
+        assert (run_dir / f).is_file(), f
+    assert "| DistilDP student (CE + KD) |" in proc.stdout and "DistilDP total guarantee" in proc.stdout
+    teacher = PrivacyLedger.load(run_dir / "teacher" / "final")
+    assert [r.name for r in teacher.releases] == ["control_code_histogram", "teacher_dp_sgd"]
+    # the student inherits the teacher's ledger (post-processing: nothing added)
+    assert PrivacyLedger.load(run_dir / "students" / "distildp" / "final").to_dict() == teacher.to_dict()
+    dpkd = PrivacyLedger.load(run_dir / "students" / "dpkd" / "final")
+    assert [r.name for r in dpkd.releases] == ["dpkd_teacher_dp_sgd", "dpkd_student_dp_sgd"]
+    synth = run_dir / "synthetic"
+    info = json.loads((synth / "generation_info.json").read_text())
+    assert info["num_samples"] == 128 and (synth / "README.md").is_file()
+    assert (run_dir / "data" / "private" / ".hf_dpkd_private").is_file()
+
+
+def test_rerun_skips_finished_stages(quick_run):
+    run_dir, _, _ = quick_run
+    before = (run_dir / "results.json").read_text()
+    start = time.time()
+    proc = _run(run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.time() - start < 60
+    assert "==> stage" not in proc.stdout
+    assert (run_dir / "results.json").read_text() == before
+
+
+def test_killed_during_distillation_resumes_to_the_same_results(quick_run, tmp_path):
+    reference, _, _ = quick_run
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--quick", "--run_dir", str(run_dir)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    target = run_dir / "students" / "distildp"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(target.glob("checkpoint-*")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(target.glob("checkpoint-*")), "the run never reached distillation"
+    assert not (target / "final").exists()
+    again = _run(run_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ours = {r["method"]: r for r in json.loads((run_dir / "results.json").read_text())["rows"]}
+    ref = {r["method"]: r for r in json.loads((reference / "results.json").read_text())["rows"]}
+    for method in ref:
+        assert ours[method]["epsilon"] == ref[method]["epsilon"], method
+        assert math.isclose(ours[method]["test_perplexity"], ref[method]["test_perplexity"], rel_tol=1e-3), (
+            method
+        )
+    assert (
+        PrivacyLedger.load(run_dir / "teacher" / "final").to_dict()
+        == PrivacyLedger.load(reference / "teacher" / "final").to_dict()
+    )
+
+
+def test_bad_command_line_fails_before_any_work(tmp_path):
+    proc = _run(tmp_path / "run", "--target_epsilon", "-1")
+    assert proc.returncode == 2
+    assert "--target_epsilon -1.0: must be > 0" in proc.stderr
+    assert not (tmp_path / "run").exists()
