@@ -133,7 +133,7 @@ class DistillationTrainer(DPTrainer):
         t = teacher.get_output_embeddings().weight.shape[0]
         if s != t:
             raise ValueError(
-                f"Teacher and student vocabularies differ (teacher {t} rows, student {s}): soft labels need one "
+                f"Teacher and student vocabularies differ (teacher {t} rows, student {s} rows): soft labels need one "
                 "tokenizer. Use a student built for the teacher's tokenizer (resize_token_embeddings to match)."
             )
 
