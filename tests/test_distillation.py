@@ -226,7 +226,7 @@ def test_distilled_student_beats_ce_only_student(tmp_path, teacher):
         student = _model(1, 16, seed=3)
         args = DistillationConfig(
             output_dir=str(tmp_path / name),
-            num_train_epochs=15,
+            num_train_epochs=60,
             alpha_ce=1 - alpha_kd,
             alpha_kd=alpha_kd,
             **BASE,
