@@ -15,6 +15,7 @@ import sys
 from hf_dpkd.pipeline import Pipeline
 from hf_dpkd.privacy.accounting import PrivacyLedger
 from hf_dpkd.run_config import parse_run_config
+from hf_dpkd.run_dir import RunDirLockedError, RunDirMismatchError
 
 
 def main(argv=None) -> int:
@@ -24,7 +25,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     pipeline = Pipeline(config)
-    pipeline.run_stages()
+    try:
+        pipeline.run_stages()
+    except (RunDirLockedError, RunDirMismatchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     run = pipeline.run.path
     table = run / "results.md"
     if table.is_file():

@@ -37,7 +37,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from hf_dpkd._io import atomic_write_text
 from hf_dpkd.privacy.accounting import PrivacyLedger, default_delta
 from hf_dpkd.run_config import RunConfig
-from hf_dpkd.run_dir import RunDir
+from hf_dpkd.run_dir import RunDir, RunDirMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -192,9 +192,16 @@ class Pipeline:
     # -- stage runner -----------------------------------------------------------------------------
     def run_stages(self) -> dict[str, Any]:
         with self.run:
+            self._check_same_settings()
             atomic_write_text(self.run / "config.json", json.dumps(self.config.to_dict(), indent=2))
             for stage in self.config.stage_list:
-                if self.run.is_done(stage):
+                if (
+                    stage == "push"
+                ):  # pushes are idempotent: redone whenever a repo is given, else nothing to do
+                    h = self.config.hub
+                    if not (h.push_teacher or h.push_synthetic or h.push_student):
+                        continue
+                elif self.run.is_done(stage):
                     logger.info("stage %s: already done, skipped", stage)
                     continue
                 start = time.time()
@@ -203,6 +210,35 @@ class Pipeline:
                 result["seconds"] = round(time.time() - start, 1)
                 self.run.mark_done(stage, result)
             return self.summary()
+
+    #: Arguments that do not change what the stages compute (where to push, which stages to run).
+    _NEUTRAL = {
+        "stages",
+        "push_teacher",
+        "push_synthetic",
+        "push_student",
+        "hub_private_repo",
+        "hub_token",
+        "run_dir",
+        "audit_models",
+        "audit_num_records",
+        "audit_mope_perturbations",
+    }
+
+    def _check_same_settings(self) -> None:
+        """Refuse to continue a run directory produced with other settings (its finished stages would be stale)."""
+        previous = self.run / "config.json"
+        if not previous.is_file():
+            return
+        old = json.loads(previous.read_text())
+        new = json.loads(json.dumps(self.config.to_dict()))
+        changed = sorted(k for k in new if k not in self._NEUTRAL and k in old and old[k] != new[k])
+        if changed:
+            details = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:5])
+            raise RunDirMismatchError(
+                f"run_dir={str(self.run.path)!r} was produced with other settings ({details}); use a new --run_dir, "
+                "or the original settings to resume it."
+            )
 
     def summary(self) -> dict[str, Any]:
         results = self.run / "results.json"

@@ -19,7 +19,11 @@ LOCK_NAME = ".lock"
 
 
 class RunDirLockedError(RuntimeError):
-    pass
+    """Another process holds the run directory."""
+
+
+class RunDirMismatchError(ValueError):
+    """The run directory was produced with other settings."""
 
 
 class RunDir:

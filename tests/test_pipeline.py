@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from hf_dpkd.hub import card_epsilon
 from hf_dpkd.privacy.accounting import PrivacyLedger
+from tests.hub_server import HubServer, hub_fixture  # noqa: F401  (the `hub` fixture)
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "examples" / "run_dpkd.py"
@@ -19,9 +21,10 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 def _run(run_dir: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # read now: fixtures may set the Hub's
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--run_dir", str(run_dir), *extra],
-        env=ENV,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -80,6 +83,11 @@ def test_rerun_skips_finished_stages(quick_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert time.time() - start < 60
     assert "==> stage" not in proc.stdout
+    changed = _run(run_dir, "--target_epsilon", "4.0")
+    assert (
+        changed.returncode != 0
+        and "was produced with other settings (target_epsilon: 2.0 -> 4.0)" in changed.stderr
+    )
     assert (run_dir / "results.json").read_text() == before
 
 
@@ -120,3 +128,55 @@ def test_bad_command_line_fails_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert "--target_epsilon -1.0: must be > 0" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+LOAD_BACK = """
+import json, sys
+import torch
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+out = {}
+for repo in ("demo-user/dp-teacher", "demo-user/distildp-student"):
+    model = AutoModelForCausalLM.from_pretrained(repo)
+    AutoTokenizer.from_pretrained(repo)
+    out[repo] = float(sum(p.double().sum() for p in model.parameters()))
+out["rows"] = len(load_dataset("demo-user/dp-synthetic", split="train"))
+out["imported_hf_dpkd"] = "hf_dpkd" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def test_push_teacher_synthetic_and_student_then_load_without_hf_dpkd(quick_run, hub: HubServer, tmp_path):
+    run_dir, _, _ = quick_run
+    proc = _run(
+        run_dir,
+        "--stages",
+        "push",
+        "--push_teacher",
+        "demo-user/dp-teacher",
+        "--push_synthetic",
+        "demo-user/dp-synthetic",
+        "--push_student",
+        "demo-user/distildp-student",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD_BACK], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert loaded.returncode == 0, loaded.stderr[-4000:]
+    result = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert result["imported_hf_dpkd"] is False and result["rows"] == 128
+    from transformers import AutoModelForCausalLM
+
+    for repo, local in (
+        ("demo-user/dp-teacher", "teacher/final"),
+        ("demo-user/distildp-student", "students/distildp/final"),
+    ):
+        model = AutoModelForCausalLM.from_pretrained(run_dir / local)
+        assert math.isclose(
+            result[repo], float(sum(p.detach().double().sum() for p in model.parameters())), rel_tol=1e-12
+        )
+        readme = run_dir / local / "README.md"
+        assert math.isclose(card_epsilon(readme), PrivacyLedger.load(run_dir / local).epsilon(), rel_tol=1e-3)
+    assert not any("private" in str(p) for p in hub.files("demo-user/dp-synthetic", "dataset", "main"))
