@@ -3,12 +3,17 @@
 The reference implementation of DistilDP reads the exact private histogram of control codes: a leak.
 Here the default is the Gaussian mechanism on the counts (each example has exactly one code, so the L2
 sensitivity under add/remove of one example is 1), recorded in the PrivacyLedger and composed with
-the teacher's DP-SGD. `uniform` and a user-declared public distribution cost nothing; `exact` exists for
-comparison only and is flagged as NOT private everywhere it goes.
+the teacher's DP-SGD. `uniform` and a user-declared `public` distribution cost nothing; `exact` exists
+for comparison only and is flagged as NOT private everywhere it goes.
+
+The SET of codes is part of the release too: the histogram runs over a domain declared public (the
+cross product of each field's public values), so a code seen only in the private data is not revealed
+by its presence. A domain read off the private data is allowed, warned about, and recorded as not covered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -27,47 +32,92 @@ from hf_dpkd.synthetic.control_codes import ControlCodeFormat
 
 logger = logging.getLogger(__name__)
 MODES = ("dp", "uniform", "public", "exact")
+Code = tuple[str, ...]
 
 
 @dataclass
 class ControlCodeDistribution:
-    """Codes (tuples of values, in `columns` order) with probabilities; `mode` says how it was obtained."""
+    """Codes (tuples of values in `columns` order) with probabilities; `mode` says how it was obtained.
+
+    ``records()`` gives the codes as dicts column -> value. `meta` holds how it was released
+    (``leaks_private_data=True`` for the exact private histogram).
+    """
 
     columns: list[str]
-    codes: list[tuple[str, ...]]
+    codes: list[Code]
     probs: list[float]
     mode: str
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r}; use one of {MODES}.")
+            raise ValueError(f"mode={self.mode!r} is not a distribution mode; use one of {MODES}.")
+        self.columns = [str(c) for c in self.columns]
+        if not self.columns:
+            raise ValueError("columns=[]: a control-code distribution needs at least one control field.")
         if not self.codes:
-            raise ValueError("A control-code distribution needs at least one code.")
+            raise ValueError("codes=[]: a control-code distribution needs at least one code.")
         if len(self.codes) != len(self.probs):
-            raise ValueError(f"{len(self.codes)} codes but {len(self.probs)} probabilities.")
+            raise ValueError(
+                f"{len(self.codes)} codes but {len(self.probs)} probabilities; give one per code."
+            )
+        codes = []
+        for c in self.codes:
+            if isinstance(c, Mapping):
+                c = [c[col] for col in self.columns]
+            if isinstance(c, str) or len(c) != len(self.columns):
+                raise ValueError(f"code {c!r} does not have one value per control field {self.columns}.")
+            codes.append(tuple(str(v) for v in c))
+        if len(set(codes)) != len(codes):
+            dup = next(c for c, n in Counter(codes).items() if n > 1)
+            raise ValueError(f"code {dup} appears twice; merge its probabilities into one entry.")
         p = np.asarray(self.probs, dtype=float)
-        if np.any(p < 0) or not np.isfinite(p).all() or p.sum() <= 0:
-            raise ValueError("Control-code probabilities must be finite, non-negative and not all zero.")
-        self.probs = (p / p.sum()).tolist()
-        self.codes = [tuple(str(v) for v in c) for c in self.codes]
+        if not np.isfinite(p).all() or np.any(p < 0) or p.sum() <= 0:
+            raise ValueError(
+                f"probs={list(self.probs)[:8]}...: probabilities must be finite, non-negative and not all zero."
+            )
+        self.codes = codes
+        # normalise once: a saved and reloaded distribution keeps the same floats (and fingerprint)
+        self.probs = (p / p.sum() if abs(p.sum() - 1.0) > 1e-9 else p).tolist()
+        self.meta = dict(self.meta or {})
+
+    @classmethod
+    def from_records(
+        cls,
+        codes: Sequence[Mapping[str, Any]],
+        probs: Sequence[float],
+        mode: str,
+        meta: dict[str, Any] | None = None,
+    ) -> ControlCodeDistribution:
+        """Build from codes given as dicts column -> value (columns taken from the first code)."""
+        if not codes:
+            raise ValueError("codes=[]: a control-code distribution needs at least one code.")
+        return cls(list(codes[0]), list(codes), list(probs), mode, meta or {})
 
     @property
     def leaks_private_data(self) -> bool:
         return bool(self.meta.get("leaks_private_data", False))
 
     def records(self) -> list[dict[str, str]]:
+        """The codes as dicts column -> value."""
         return [dict(zip(self.columns, c)) for c in self.codes]
 
-    def save(self, path: str | Path) -> Path:
-        data = {
+    def fingerprint(self) -> str:
+        """A hash of (columns, codes, probs): resumed generation checks it did not change."""
+        return hashlib.sha256(json.dumps([self.columns, self.codes, self.probs]).encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
             "columns": self.columns,
             "codes": [list(c) for c in self.codes],
             "probs": self.probs,
             "mode": self.mode,
             "meta": self.meta,
         }
-        return atomic_write_text(path, json.dumps(data, indent=2))
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON, atomically."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> ControlCodeDistribution:
@@ -75,29 +125,48 @@ class ControlCodeDistribution:
         return cls(d["columns"], [tuple(c) for c in d["codes"]], d["probs"], d["mode"], d.get("meta", {}))
 
 
-def _domain_codes(fmt: ControlCodeFormat, domain: Mapping[str, Sequence[str]]) -> list[tuple[str, ...]]:
+def _domain_codes(fmt: ControlCodeFormat, domain: Mapping[str, Sequence[Any]]) -> list[Code]:
+    """The cross product of each field's values, in field order (values validated by the format)."""
     missing = [c for c in fmt.columns if c not in domain]
     if missing:
         raise ValueError(
-            f"domain lacks control field(s) {missing}; give the public list of values of each field."
+            f"domain lacks control field(s) {missing}; give the public list of values of each of {fmt.columns}."
         )
+    values = []
     for column in fmt.columns:
-        if not domain[column]:
+        vals = [str(v) for v in domain[column]]
+        if not vals:
             raise ValueError(f"domain[{column!r}] is empty: every control field needs at least one value.")
-    return [tuple(str(v) for v in combo) for combo in itertools.product(*(domain[c] for c in fmt.columns))]
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"domain[{column!r}]={vals} repeats a value; list each value once.")
+        values.append(vals)
+    for column, vals in zip(fmt.columns, values):
+        for v in vals:
+            fmt.check_value(column, v)
+    codes = [tuple(combo) for combo in itertools.product(*values)]
+    return codes
 
 
 def _data_domain(dataset, fmt: ControlCodeFormat) -> dict[str, list[str]]:
-    warnings.warn(
+    message = (
         "The control-code domain (the set of possible values) is read off the private data and is NOT covered "
-        "by the DP guarantee; pass `domain=` with publicly known values to cover it.",
-        stacklevel=3,
+        "by the DP guarantee; declare it public with `domain=` (or ControlCodeFormat(domain=...))."
     )
+    logger.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
     return {c: sorted({str(v) for v in dataset[c]}) for c in fmt.columns}
+
+
+def _check_columns(dataset, fmt: ControlCodeFormat) -> None:
+    names = list(getattr(dataset, "column_names", None) or dataset.keys())
+    missing = [c for c in fmt.columns if c not in names]
+    if missing:
+        raise ValueError(f"The dataset lacks control field column(s) {missing} (it has {names}).")
 
 
 def private_counts(dataset, fmt: ControlCodeFormat) -> Counter:
     """Exact counts of each code in the private data (never released as such)."""
+    _check_columns(dataset, fmt)
     columns = [dataset[c] for c in fmt.columns]
     return Counter(tuple(str(v) for v in row) for row in zip(*columns))
 
@@ -112,85 +181,126 @@ def dp_control_code_distribution(
     seed: int | None = None,
     name: str = "control_code_histogram",
 ) -> ControlCodeDistribution:
-    """Gaussian-mechanism histogram of the codes over `domain`; negatives clipped to 0, renormalised.
+    """Gaussian-mechanism histogram of the codes over a public domain, recorded in `ledger` as `name`.
 
-    The release (noise_multiplier, sample rate 1, 1 step) is recorded in `ledger` under `name`.
+    Each count gets N(0, noise_multiplier^2) noise (L2 sensitivity 1: one example has one code), negative
+    counts are clipped to 0 and the result renormalised (uniform if every noisy count is <= 0). The
+    domain is `domain`, else `fmt.domain`, else read off the data (warned, recorded as not covered).
+    `seed` makes the noise reproducible: only for tests, since anyone knowing it can remove the noise.
     """
-    if not noise_multiplier > 0:
-        raise ValueError(f"noise_multiplier={noise_multiplier} must be > 0 for the DP histogram (e.g. 10).")
+    if not isinstance(noise_multiplier, int | float) or not noise_multiplier > 0:
+        raise ValueError(f"noise_multiplier={noise_multiplier!r} must be > 0 for the DP histogram (e.g. 10).")
     if len(dataset) == 0:
         raise ValueError("The private dataset is empty: there is no histogram to release.")
+    domain = domain if domain is not None else fmt.domain
     from_private = domain is None
-    domain = _data_domain(dataset, fmt) if from_private else domain
+    if from_private:
+        _check_columns(dataset, fmt)
+        domain = _data_domain(dataset, fmt)
     codes = _domain_codes(fmt, domain)
     counts = private_counts(dataset, fmt)
-    unknown = set(counts) - set(codes)
+    unknown = sorted(set(counts) - set(codes))
     if unknown:
         raise ValueError(
-            f"The data has codes outside the declared domain, e.g. {sorted(unknown)[0]}; extend `domain`."
+            f"{len(unknown)} code(s) of the data are outside the declared domain, e.g. {unknown[0]}; add their "
+            "values to `domain` (the domain must list every value the data can hold)."
+        )
+    if seed is not None:
+        logger.warning(
+            "dp_control_code_distribution(seed=%s): the histogram noise is reproducible from the seed; anyone who "
+            "knows it can remove the noise. Use seed=None outside tests.",
+            seed,
         )
     rng = np.random.default_rng(seed)
-    noisy = np.array([counts.get(c, 0) for c in codes], dtype=float) + rng.normal(
-        0.0, noise_multiplier, len(codes)
-    )
+    exact = np.array([counts.get(c, 0) for c in codes], dtype=float)
+    noisy = exact + rng.normal(0.0, float(noise_multiplier), len(codes))
     clipped = np.clip(noisy, 0.0, None)
     meta: dict[str, Any] = {
-        "noise_multiplier": noise_multiplier,
-        "domain_from_private_data": from_private,
+        "noise_multiplier": float(noise_multiplier),
+        "sensitivity": 1.0,
         "release": name,
+        "domain_from_private_data": from_private,
+        "seeded_noise": seed is not None,
+        "noisy_counts": noisy.tolist(),  # the DP release itself; probs are post-processing of it
     }
     if clipped.sum() <= 0:
         logger.warning(
-            "Every noisy count was <= 0; falling back to the uniform distribution over the domain."
+            "Every noisy control-code count was <= 0 (noise_multiplier=%s over %d codes); falling back to the "
+            "uniform distribution over the domain.",
+            noise_multiplier,
+            len(codes),
         )
         clipped = np.ones(len(codes))
         meta["fallback"] = "uniform"
     ledger.record(
         name,
-        noise_multiplier=noise_multiplier,
+        noise_multiplier=float(noise_multiplier),
         sample_rate=1.0,
         steps=1,
         mechanism="gaussian",
         sensitivity=1.0,
         num_codes=len(codes),
+        domain_from_private_data=from_private,
     )
     return ControlCodeDistribution(fmt.columns, codes, clipped.tolist(), "dp", meta)
 
 
 def uniform_distribution(
-    fmt: ControlCodeFormat, domain: Mapping[str, Sequence[str]]
+    fmt: ControlCodeFormat, domain: Mapping[str, Sequence[str]] | None = None
 ) -> ControlCodeDistribution:
-    """Every code of the (public) domain equally likely: no privacy cost."""
+    """Every code of the public domain (`domain` or `fmt.domain`) equally likely: no privacy cost."""
+    domain = domain if domain is not None else fmt.domain
+    if domain is None:
+        raise ValueError(
+            "uniform_distribution needs the public domain: pass domain={column: [values]} or "
+            "ControlCodeFormat(domain=...)."
+        )
     codes = _domain_codes(fmt, domain)
     return ControlCodeDistribution(fmt.columns, codes, [1.0] * len(codes), "uniform", {})
 
 
 def public_distribution(
-    fmt: ControlCodeFormat, codes: Sequence[Sequence[str]], probs: Sequence[float]
+    fmt: ControlCodeFormat,
+    codes: Sequence[Sequence[str] | Mapping[str, str]],
+    probs: Sequence[float],
 ) -> ControlCodeDistribution:
-    """A distribution the user declares public (e.g. from public statistics): no privacy cost."""
-    return ControlCodeDistribution(fmt.columns, [tuple(c) for c in codes], list(probs), "public", {})
+    """A distribution the user declares public (e.g. from published statistics): no privacy cost.
+
+    Codes are tuples in field order or dicts column -> value. Declaring private frequencies public
+    is the user's responsibility; the card says the codes came from a declared-public distribution.
+    """
+    checked = []
+    for c in codes:
+        record = dict(c) if isinstance(c, Mapping) else fmt.record_of(c)
+        checked.append(fmt.code_of(record))
+    return ControlCodeDistribution(fmt.columns, checked, list(probs), "public", {"declared_public": True})
 
 
 def exact_private_distribution(dataset, fmt: ControlCodeFormat) -> ControlCodeDistribution:
     """The exact private histogram. NOT private: for comparisons only; flagged in meta and warned about."""
     logger.warning(
-        "control_code_distribution='exact' releases the EXACT private histogram of control codes: this is NOT "
-        "differentially private and is not in the privacy ledger. Use 'dp' (default) or 'uniform'."
+        "control-code distribution 'exact' releases the EXACT private histogram of control codes: this is NOT "
+        "differentially private and is not in the privacy ledger. Use 'dp' (default), 'uniform' or 'public'."
     )
     counts = private_counts(dataset, fmt)
+    if not counts:
+        raise ValueError("The private dataset is empty: there is no histogram to read.")
     codes = sorted(counts)
+    for code in codes:
+        fmt.code_of(fmt.record_of(code))
     return ControlCodeDistribution(
         fmt.columns, codes, [counts[c] for c in codes], "exact", {"leaks_private_data": True}
     )
 
 
-def allocate_prompts(
-    distribution: ControlCodeDistribution, num_prompts: int, seed: int = 0
-) -> list[tuple[str, ...]]:
-    """`num_prompts` codes drawn i.i.d. from the distribution (a multinomial draw, deterministic in `seed`)."""
-    if num_prompts <= 0:
-        raise ValueError(f"num_prompts={num_prompts} must be > 0.")
+def allocate_prompts(distribution: ControlCodeDistribution, num_prompts: int, seed: int = 0) -> list[Code]:
+    """`num_prompts` codes drawn i.i.d. from the distribution: one multinomial draw, deterministic in `seed`.
+
+    A multinomial (rather than largest-remainder) allocation keeps shards independent: the union of
+    shards drawn with their own seeds is again a multinomial sample of the distribution.
+    """
+    if not isinstance(num_prompts, int) or num_prompts <= 0:
+        raise ValueError(f"num_prompts={num_prompts!r} must be an int > 0.")
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(distribution.codes), size=num_prompts, p=np.asarray(distribution.probs))
     return [distribution.codes[i] for i in idx]
