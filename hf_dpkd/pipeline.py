@@ -378,7 +378,7 @@ class Pipeline:
             gradient_accumulation_steps=c.teacher.teacher_gradient_accumulation_steps,
         )
         if target_epsilon is None:
-            common["per_device_train_batch_size"] = min(32, c.teacher.teacher_batch_size)
+            common["per_device_train_batch_size"] = min(64, c.teacher.teacher_batch_size)
             trainer = Trainer(
                 model=model,
                 args=TrainingArguments(**common),
@@ -454,8 +454,8 @@ class Pipeline:
             self._train_private(
                 self.base_path("teacher"),
                 self.run / "non_private_teacher",
-                epochs=c.teacher.teacher_epochs,
-                learning_rate=c.teacher.teacher_learning_rate / 4,
+                epochs=c.teacher.non_private_epochs,
+                learning_rate=c.teacher.teacher_learning_rate,
                 target_epsilon=None,
             )
         return result
@@ -532,6 +532,8 @@ class Pipeline:
             learning_rate=s.student_learning_rate,
             per_device_train_batch_size=s.student_batch_size,
         )
+        if method == "on_policy":
+            common["num_train_epochs"] = s.on_policy_epochs
         if method == "dp_syn_data":
             trainer = Trainer(
                 model=model,
@@ -542,7 +544,12 @@ class Pipeline:
             )
         else:
             teacher, _ = load_model_and_tokenizer(self.run / "teacher" / "final")
-            extra = {"on_policy_ratio": s.on_policy_ratio} if method == "on_policy" else {}
+            extra = {}
+            if method == "on_policy":
+                extra = {
+                    "on_policy_ratio": s.on_policy_ratio,
+                    "on_policy_max_new_tokens": min(32, c.generation.generation_max_length),
+                }
             args = DistillationConfig(
                 **common,
                 alpha_ce=1 - s.kd_lambda,

@@ -27,7 +27,7 @@ class PipelineArguments:
         default="all", metadata={"help": f"Comma-separated stages to run, or 'all': {', '.join(STAGES)}."}
     )
     methods: str = field(
-        default="non_private_teacher,distildp,dp_syn_data,dp_sgd_student,dpkd,on_policy",
+        default="non_private_teacher,distildp,dp_syn_data,dp_sgd_student,on_policy",
         metadata={"help": f"Comma-separated methods to train and compare: {', '.join(METHODS)}."},
     )
     quick: bool = field(default=False, metadata={"help": "A smoke run: tiny data, models and step counts."})
@@ -39,7 +39,8 @@ class PipelineArguments:
     )
     accountant: str = field(default="prv", metadata={"help": "Privacy accountant: prv, rdp or gdp."})
     save_steps: int = field(
-        default=25, metadata={"help": "Checkpoint every N optimizer steps (an interrupted stage resumes from it)."}
+        default=50,
+        metadata={"help": "Checkpoint every N optimizer steps (an interrupted stage resumes from it)."},
     )
 
 
@@ -56,7 +57,7 @@ class DataArguments:
     control_columns: str | None = field(
         default=None, metadata={"help": "Comma-separated control-code columns (default: the dataset's)."}
     )
-    demo_num_train: int = field(default=4000, metadata={"help": "Embedded demo: private training examples."})
+    demo_num_train: int = field(default=3000, metadata={"help": "Embedded demo: private training examples."})
     demo_num_public: int = field(default=4000, metadata={"help": "Embedded demo: public pretraining texts."})
     max_length: int = field(
         default=128, metadata={"help": "Token length of training sequences (paper: 128)."}
@@ -90,7 +91,7 @@ class TeacherArguments:
     pretrain_steps: int = field(
         default=300, metadata={"help": "Demo only: public pretraining steps per base model."}
     )
-    teacher_epochs: float = field(default=4.0, metadata={"help": "DP-SGD epochs of the teacher."})
+    teacher_epochs: float = field(default=3.0, metadata={"help": "DP-SGD epochs of the teacher."})
     teacher_learning_rate: float = field(default=2e-3, metadata={"help": "Teacher learning rate."})
     teacher_batch_size: int = field(default=128, metadata={"help": "Expected logical batch per device."})
     teacher_gradient_accumulation_steps: int = field(
@@ -100,6 +101,12 @@ class TeacherArguments:
         default=32, metadata={"help": "Micro-batch size of DP-SGD (memory only)."}
     )
     per_sample_max_grad_norm: float = field(default=1.0, metadata={"help": "DP-SGD per-sample clip norm."})
+    non_private_epochs: float = field(
+        default=2.0,
+        metadata={
+            "help": "Epochs of the non-private reference teacher (recipes/demo_full.yaml: 8, to show memorisation)."
+        },
+    )
     clipping_mode: str = field(default="hooks", metadata={"help": "DP-SGD clipping mode (see DPConfig)."})
 
 
@@ -130,22 +137,26 @@ class StudentArguments:
     kd_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature t (paper: 1)."})
     kd_loss: str = field(default="forward_kl", metadata={"help": "forward_kl (paper), reverse_kl or jsd."})
     alpha_hidden: float = field(default=0.0, metadata={"help": "Weight of the hidden-state alignment term."})
+    on_policy_epochs: float = field(
+        default=2.0,
+        metadata={"help": "Epochs of the on-policy student (its rollouts make each step costlier)."},
+    )
     on_policy_ratio: float = field(
-        default=0.5, metadata={"help": "Share of on-policy batches (on_policy method)."}
+        default=0.25, metadata={"help": "Share of on-policy batches (on_policy method)."}
     )
     dp_student_epochs: float = field(
-        default=4.0, metadata={"help": "DP-SGD epochs of private-data students."}
+        default=3.0, metadata={"help": "DP-SGD epochs of private-data students."}
     )
 
 
 @dataclass
 class AuditArguments:
-    audit_num_records: int = field(default=200, metadata={"help": "Members and non-members per audit."})
+    audit_num_records: int = field(default=100, metadata={"help": "Members and non-members per audit."})
     audit_models: str = field(
         default="non_private_teacher,teacher,distildp",
         metadata={"help": "Models to audit: teacher, non_private_teacher, or any student method."},
     )
-    audit_mope_perturbations: int = field(default=4, metadata={"help": "MoPe weight perturbations."})
+    audit_mope_perturbations: int = field(default=2, metadata={"help": "MoPe weight perturbations."})
 
 
 @dataclass
@@ -177,6 +188,7 @@ ARGUMENT_CLASSES = (
 QUICK = {
     "run_dir": "runs/quick",
     "save_steps": 2,
+    "methods": ",".join(METHODS),  # the smoke run covers every method
     "demo_num_train": 600,
     "demo_num_public": 600,
     "max_length": 48,
@@ -187,6 +199,8 @@ QUICK = {
     "generation_max_length": 48,
     "student_epochs": 1.0,
     "dp_student_epochs": 1.0,
+    "non_private_epochs": 1.0,
+    "on_policy_epochs": 1.0,
     "audit_num_records": 32,
     "audit_mope_perturbations": 2,
 }

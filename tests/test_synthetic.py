@@ -264,3 +264,45 @@ def test_resume_after_sigkill(tmp_path):
     )
     assert "ROWS 60" in clean.stdout
     assert load_synthetic_dataset(out).to_list() == load_synthetic_dataset(tmp_path / "clean").to_list()
+
+
+def test_two_process_generation_splits_shards_without_overlap(tmp_path):
+    import socket
+
+    _tiny_teacher(tmp_path / "teacher")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    script = Path(__file__).parent / "scripts" / "ddp_generate.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            str(script),
+            str(tmp_path / "teacher"),
+            str(tmp_path / "synth"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [
+        json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line
+    ]
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert all(r["rows"] == 50 for r in results)
+    shards = [s for r in results for s in r["shards"]]
+    assert len(shards) == len(set(shards)) and all(
+        r["shards"] for r in results
+    )  # each rank worked, no overlap
+    assert len(load_synthetic_dataset(tmp_path / "synth")) == 50

@@ -17,9 +17,15 @@ KNOWN = {
     "dbpedia": ("fancyzhx/dbpedia_14", None, "content", {"label": "Category"}, ("label",)),
 }
 CPC_SECTIONS = {
-    "a": "Human Necessities", "b": "Performing Operations; Transporting", "c": "Chemistry; Metallurgy",
-    "d": "Textiles; Paper", "e": "Fixed Constructions", "f": "Mechanical Engineering; Lighting; Heating; Weapons",
-    "g": "Physics", "h": "Electricity", "y": "General Tagging of New Technological Developments",
+    "a": "Human Necessities",
+    "b": "Performing Operations; Transporting",
+    "c": "Chemistry; Metallurgy",
+    "d": "Textiles; Paper",
+    "e": "Fixed Constructions",
+    "f": "Mechanical Engineering; Lighting; Heating; Weapons",
+    "g": "Physics",
+    "h": "Electricity",
+    "y": "General Tagging of New Technological Developments",
 }
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -34,7 +40,11 @@ def _split_if_needed(ds: DatasetDict, seed: int) -> DatasetDict:
 
 
 def load_private_dataset(
-    name_or_path: str, *, text_column: str | None = None, control_columns: list[str] | None = None, seed: int = 0
+    name_or_path: str,
+    *,
+    text_column: str | None = None,
+    control_columns: list[str] | None = None,
+    seed: int = 0,
 ) -> tuple[DatasetDict, list[tuple[str, str]]]:
     """(DatasetDict with control columns + `text`, [(control column, label)]) for a known name or a local file."""
     if name_or_path in KNOWN:
@@ -47,9 +57,15 @@ def load_private_dataset(
         if name_or_path == "yelp":
             ds = ds.map(lambda b: {"stars": [f"{int(x[0]) + 1}.0" for x in b["label"]]}, batched=True)
         if name_or_path == "big_patent" and "cpc_section" not in ds["train"].column_names:
-            raise ValueError("This big_patent copy has no cpc_section column; load it per section and add one.")
+            raise ValueError(
+                "This big_patent copy has no cpc_section column; load it per section and add one."
+            )
         text_column = text_column or default_text
-        fields = list(controls.items()) if not control_columns else [(c, c.replace("_", " ").title()) for c in control_columns]
+        fields = (
+            list(controls.items())
+            if not control_columns
+            else [(c, c.replace("_", " ").title()) for c in control_columns]
+        )
     else:
         path = Path(name_or_path)
         if not path.exists():
@@ -58,14 +74,18 @@ def load_private_dataset(
             )
         fmt = FORMATS.get(path.suffix.lower())
         if fmt is None:
-            raise ValueError(f"dataset={name_or_path!r}: unsupported file type {path.suffix!r}; use {sorted(FORMATS)}.")
+            raise ValueError(
+                f"dataset={name_or_path!r}: unsupported file type {path.suffix!r}; use {sorted(FORMATS)}."
+            )
         try:
             ds = load_dataset(fmt, data_files={"train": str(path)})
         except UnicodeDecodeError:
             raise ValueError(f"dataset={name_or_path!r} is not UTF-8 text; re-encode it as UTF-8.") from None
         text_column = text_column or "text"
         if not control_columns:
-            raise ValueError(f"dataset={name_or_path!r}: pass --control_columns (comma-separated control-code columns).")
+            raise ValueError(
+                f"dataset={name_or_path!r}: pass --control_columns (comma-separated control-code columns)."
+            )
         fields = [(c, c.replace("_", " ").title()) for c in control_columns]
     columns = ds["train"].column_names
     missing = [c for c in [text_column, *[f[0] for f in fields]] if c not in columns]

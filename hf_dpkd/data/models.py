@@ -1,12 +1,21 @@
-"""Tokenizer and small GPT-2 base models for the embedded demo, pretrained on the PUBLIC split only.
+"""Tokenizer and small GPT-2 base models for the embedded demo, trained on the PUBLIC split only.
 
-Like the paper, the pipeline starts from pretrained models. The tokenizer is trained on public text
-only: a tokenizer trained on the private split would itself leak (it is not covered by the guarantee).
+Like the paper (which starts from pretrained GPT-2), the demo pipeline starts from pretrained models:
+a teacher and a smaller student (different hidden size on purpose, so hidden-state distillation needs a
+projection) briefly pretrained on the public split with the plain HF ``Trainer``.
+
+Why public only: the tokenizer and the base models are released with every model and are NOT covered by
+the DP guarantee. A BPE vocabulary learnt on private text would itself reveal private words (a rare name
+becoming a single token tells that it was frequent in the data). Private text still encodes, byte by byte.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -15,6 +24,8 @@ from transformers import (
     DataCollatorForLanguageModeling,
     GPT2Config,
     GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     Trainer,
     TrainingArguments,
@@ -23,103 +34,196 @@ from transformers import (
 from hf_dpkd._io import atomic_write_text
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
+#: Written last (atomically) in a base-model folder: its presence means the folder is complete.
 COMPLETE = "READY"
+N_POSITIONS = 128
 
-TEACHER_CONFIG = dict(n_layer=4, n_embd=128, n_head=4, n_positions=128)
-STUDENT_CONFIG = dict(n_layer=2, n_embd=64, n_head=2, n_positions=128)
+TEACHER_CONFIG: dict[str, int] = dict(n_layer=4, n_embd=128, n_head=4, n_positions=N_POSITIONS)
+STUDENT_CONFIG: dict[str, int] = dict(n_layer=2, n_embd=64, n_head=2, n_positions=N_POSITIONS)
+KINDS = {"teacher": TEACHER_CONFIG, "student": STUDENT_CONFIG}
 
 
 def train_demo_tokenizer(public_texts: list[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on public texts only (any private text still encodes, byte by byte)."""
+    """Byte-level BPE learnt from `public_texts` only, with an eos token and a distinct pad token.
+
+    Never pass private text here: the vocabulary is released with every model and is not covered by the
+    DP guarantee (see the module docstring).
+    """
+    texts = [t for t in public_texts if t]
+    if not texts:
+        raise ValueError("public_texts is empty: the demo tokenizer is learnt from the public split only.")
+    if vocab_size < 260:
+        raise ValueError(f"vocab_size={vocab_size} must be >= 260 (256 bytes + special tokens + merges).")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
-    tok.train_from_iterator(public_texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=PAD,
+        model_max_length=N_POSITIONS,
+        clean_up_tokenization_spaces=False,
+    )
 
 
-def demo_model(tokenizer, kind: str, seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    sizes = TEACHER_CONFIG if kind == "teacher" else STUDENT_CONFIG
-    config = GPT2Config(
+def demo_config(tokenizer: PreTrainedTokenizerBase, kind: str) -> GPT2Config:
+    """The GPT-2 config of the demo `kind` ("teacher": 4 x 128, "student": 2 x 64) for `tokenizer`."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} must be one of {sorted(KINDS)}.")
+    return GPT2Config(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **sizes,
+        **KINDS[kind],
     )
-    return GPT2LMHeadModel(config)
+
+
+def demo_model(tokenizer: PreTrainedTokenizerBase, kind: str, seed: int = 0) -> GPT2LMHeadModel:
+    """A freshly initialised demo teacher or student (deterministic in `seed`)."""
+    config = demo_config(tokenizer, kind)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config)
 
 
 def pretrain_on_public(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
-    output_dir: Path,
+    output_dir: str | Path,
     *,
     max_steps: int,
     max_length: int = 64,
     batch_size: int = 32,
     learning_rate: float = 3e-3,
     seed: int = 0,
-) -> None:
-    """A short non-private pretraining run on public texts with the plain HF Trainer."""
-    data = Dataset.from_dict({"text": [t + tokenizer.eos_token for t in texts]})
+    use_cpu: bool | None = None,
+) -> dict[str, float]:
+    """A short, non-private causal-LM pretraining run on public `texts` with the plain HF ``Trainer``.
+
+    Trainer scratch files go to `output_dir/_pretraining` and are removed afterwards; the model is
+    trained in place. Returns the Trainer's train metrics (train_loss, train_runtime, ...).
+    """
+    if max_steps <= 0:
+        raise ValueError(f"max_steps={max_steps} must be > 0 (pretraining steps on the public split).")
+    if not texts:
+        raise ValueError("texts is empty: nothing to pretrain on.")
+    eos = tokenizer.eos_token or ""
+    data = Dataset.from_dict({"text": [t + eos for t in texts]})
     data = data.map(
         lambda b: tokenizer(b["text"], truncation=True, max_length=max_length),
         batched=True,
         remove_columns=["text"],
     )
+    scratch = Path(output_dir) / "_pretraining"
     args = TrainingArguments(
-        output_dir=str(output_dir / "_pretraining"),
+        output_dir=str(scratch),
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
         warmup_steps=max(1, max_steps // 10),
         lr_scheduler_type="cosine",
-        use_cpu=not torch.cuda.is_available(),
+        weight_decay=0.01,
+        use_cpu=(not torch.cuda.is_available()) if use_cpu is None else use_cpu,
         report_to=[],
         save_strategy="no",
         logging_steps=max(1, max_steps // 5),
         seed=seed,
+        data_seed=seed,
+        disable_tqdm=True,
     )
-    Trainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=data,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-    ).train()
+    )
+    metrics = trainer.train().metrics
+    model.eval()
+    shutil.rmtree(scratch, ignore_errors=True)
+    return metrics
+
+
+def _fingerprint(
+    tokenizer: PreTrainedTokenizerBase, public_texts: list[str], settings: dict[str, Any]
+) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    for t in public_texts:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
 
 
 def build_demo_models(
     run_dir: str | Path,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     public_texts: list[str],
     *,
-    pretrain_steps: int = 300,
+    pretrain_steps: int = 200,
     max_length: int = 64,
+    batch_size: int = 32,
+    learning_rate: float = 3e-3,
     seed: int = 0,
 ) -> dict[str, Path]:
-    """Pretrain the demo teacher and student on public text; cached in run_dir/base/{teacher,student}."""
-    paths = {}
-    for kind in ("teacher", "student"):
+    """Pretrain the demo teacher and student on public text, cached in ``run_dir/base/{teacher,student}``.
+
+    Each folder holds ``save_pretrained`` of the model and the tokenizer, then a ``READY`` marker (written
+    last, atomically) recording the settings and a fingerprint of tokenizer + texts. A folder whose marker
+    exists and matches is reused as is; anything else (missing, partial, other settings) is rebuilt.
+    """
+    paths: dict[str, Path] = {}
+    for offset, kind in enumerate(("teacher", "student")):
         out = Path(run_dir) / "base" / kind
-        if not (out / COMPLETE).is_file():
-            model = demo_model(tokenizer, kind, seed)
-            pretrain_on_public(
-                model,
-                tokenizer,
-                public_texts,
-                out,
-                max_steps=pretrain_steps,
-                max_length=max_length,
-                seed=seed,
-            )
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-            atomic_write_text(out / COMPLETE, "pretrained on the public split only\n")
+        settings = {
+            "kind": kind,
+            "config": KINDS[kind],
+            "pretrain_steps": pretrain_steps,
+            "max_length": max_length,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "seed": seed + offset,
+        }
+        fingerprint = _fingerprint(tokenizer, public_texts, settings)
+        marker = out / COMPLETE
+        if marker.is_file():
+            try:
+                done = json.loads(marker.read_text()).get("fingerprint") == fingerprint
+            except (json.JSONDecodeError, AttributeError):
+                done = False
+            if done:
+                paths[kind] = out
+                continue
+            marker.unlink()
+        model = demo_model(tokenizer, kind, seed + offset)
+        metrics = pretrain_on_public(
+            model,
+            tokenizer,
+            public_texts,
+            out,
+            max_steps=pretrain_steps,
+            max_length=max_length,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed + offset,
+        )
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        record = {
+            "note": "pretrained on the public split only",
+            "settings": settings,
+            "fingerprint": fingerprint,
+            "train_loss": metrics.get("train_loss"),
+            "train_runtime_s": metrics.get("train_runtime"),
+        }
+        atomic_write_text(marker, json.dumps(record, indent=2))
         paths[kind] = out
     return paths

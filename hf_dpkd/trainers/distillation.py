@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -126,6 +126,20 @@ class DistillationTrainer(DPTrainer):
             self.projections.to(self.args.device)
         self.loss_is_scaled_for_ga = True  # compute_loss divides by num_items_in_batch itself
         self._policy_rng = random.Random(args.seed)
+
+    model_card_kind = "student"
+
+    def model_card_method(self) -> dict[str, Any]:
+        a = self.args
+        method = {
+            "method": "DPKD (distillation with DP-SGD on private data)",
+            "student_data": "private",
+            "alpha_ce": a.alpha_ce,
+            "alpha_kd": a.alpha_kd,
+            "temperature": a.temperature,
+            "kd_loss": a.kd_loss,
+        }
+        return {**super().model_card_method(), **method}
 
     @staticmethod
     def _check_vocab(student, teacher) -> None:

@@ -598,6 +598,41 @@ class DPTrainer(Trainer):
             os.path.join(output_dir, PRIVACY_REPORT_NAME), json.dumps(report, indent=2, default=str)
         )
 
+    def create_model_card(
+        self, model_name: str | None = None, finetuned_from: str | None = None, **kwargs
+    ) -> None:
+        """The Trainer's `push_to_hub` card, replaced under DP by one that states the guarantee."""
+        if not self.args.dp_enabled or self.args.disable_dp:
+            return super().create_model_card(model_name=model_name, finetuned_from=finetuned_from, **kwargs)
+        if not self.is_world_process_zero():
+            return
+        from hf_dpkd.hub import write_model_card
+
+        self.save_privacy_artifacts(self.args.output_dir)
+        base = finetuned_from or getattr(self.model.config, "_name_or_path", None) or None
+        write_model_card(
+            self.args.output_dir,
+            kind=self.model_card_kind,
+            base_model=base,
+            ledger=self.privacy_ledger,
+            method=self.model_card_method(),
+            repo_id=self.args.hub_model_id,
+        )
+
+    #: What the privacy card calls this model.
+    model_card_kind = "teacher"
+
+    def model_card_method(self) -> dict[str, Any]:
+        report = self.privacy_report()
+        return {
+            "method": "DP-SGD fine-tuning (DPTrainer)",
+            "per_sample_max_grad_norm": report["per_sample_max_grad_norm"],
+            "noise_multiplier": report["noise_multiplier"],
+            "expected_batch_size": report["expected_batch_size"],
+            "steps": report["steps"],
+            "sampling": report["sampling"],
+        }
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict=state_dict)
         if self.args.dp_enabled:
