@@ -130,7 +130,7 @@ def test_epoch_snapshots_and_push_of_the_final_dataset(tmp_path, hub: HubServer)
         hub_dataset_id="hf-dpkd-tester/tiny-synth",
         hub_private_repo=True,
     )
-    trainer = _trainer(tmp_path, tok, model, cb, num_train_epochs=2)
+    trainer = _trainer(tmp_path, tok, model, cb, num_train_epochs=2, learning_rate=1e-2)
     trainer.train()
     root = tmp_path / "teacher" / "synthetic"
     assert cb.outputs == [root / "epoch-1", root]
