@@ -1,8 +1,17 @@
-"""Synthetic generation throughput, in one run over the same teacher and prompts:
-(a) one prompt at a time with model.generate, (b) naive batched generate as reference scripts do (batch 64,
-mixed codes, padded, 2 sequences per prompt), (c) generate_synthetic_dataset. Generated tokens/s and ratios.
+"""Synthetic generation throughput, in one run over the same teacher and the same prompts:
 
-    python benchmarks/generation_throughput.py [--quick]
+(a) one prompt at a time with ``model.generate`` (2 sequences per prompt),
+(b) naive batched ``generate`` as reference scripts do it: batches of 64 prompts in allocation order (codes
+    mixed), padded by the tokenizer to the longest prompt of the batch, 2 sequences per prompt, the
+    library's no-repeat-n-gram processor,
+(c) ``generate_synthetic_dataset`` (length-sorted batches of 64 prompts, per-row length budget, shards of 256).
+
+All use the paper's sampling settings (top_k 50, top_p 0.9, no_repeat_ngram_size 2) with max_length 64.
+Prints one JSON line per method (generated tokens/s, samples/s) and the ratios c/a and c/b. Generated
+tokens are counted the same way for all three: new tokens up to the first eos/pad, within the prompt's
+own max_length budget.
+
+    python benchmarks/generation_throughput.py [--prompts 256] [--quick]
 """
 
 from __future__ import annotations
@@ -16,79 +25,133 @@ import torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompts", type=int, default=256, help="Prompts (2 samples each) for (b) and (c).")
+    parser.add_argument("--quick", action="store_true", help="64 prompts.")
     args = parser.parse_args()
     from hf_dpkd.data.demo import CONTROL_FIELDS, make_demo_dataset
     from hf_dpkd.data.models import demo_model, train_demo_tokenizer
     from hf_dpkd.privacy.histogram import allocate_prompts, uniform_distribution
+    from hf_dpkd.synthetic import generation
     from hf_dpkd.synthetic.control_codes import ControlCodeFormat
-    from hf_dpkd.synthetic.generation import SyntheticGenerationConfig, generate_synthetic_dataset
 
     torch.set_num_threads(1)
+    torch.manual_seed(0)
     demo = make_demo_dataset(num_train=200, num_public=1000)
     tok = train_demo_tokenizer(list(demo.dataset["public"]["text"]))
     model = demo_model(tok, "teacher").eval()
     fmt = ControlCodeFormat(fields=tuple(CONTROL_FIELDS.items()))
     dist = uniform_distribution(fmt, demo.domain)
-    n_prompts = 32 if args.quick else 128
-    gen = SyntheticGenerationConfig(max_length=64, min_words=0)
+    n_prompts = 64 if args.quick else args.prompts
+    shard_size, seed = 256, 0  # the default: several batches per shard, sorted by prompt length
+    gen = generation.SyntheticGenerationConfig(max_length=64, min_words=0)
+    # the exact prompts (c) will draw, shard by shard
+    codes = [
+        c
+        for shard in range(-(-n_prompts // shard_size))
+        for c in allocate_prompts(dist, shard_size, seed=generation._shard_seed(seed, shard))
+    ][:n_prompts]
+    prompts = [fmt.format_prompt(fmt.record_of(c)) for c in codes]
+    stop = {tok.eos_token_id, tok.pad_token_id}
     kw = dict(
         do_sample=True,
         top_k=gen.top_k,
         top_p=gen.top_p,
+        temperature=gen.temperature,
         no_repeat_ngram_size=gen.no_repeat_ngram_size,
         max_length=gen.max_length,
-        num_return_sequences=2,
+        num_return_sequences=gen.num_return_sequences,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    prompts = [
-        fmt.format_prompt(dict(zip(fmt.columns, c))) for c in allocate_prompts(dist, n_prompts, seed=0)
-    ]
+    counted = {"tokens": 0, "samples": 0}
 
-    def count(out, prompt_len):
-        return int((out[:, prompt_len:] != tok.pad_token_id).sum())
+    def count(out: torch.Tensor, width: int, prompt_lens: list[int]) -> None:
+        r = out.shape[0] // len(prompt_lens)
+        for j, row in enumerate(out[:, width:].tolist()):
+            row = row[: gen.max_length - prompt_lens[j // r]]
+            counted["tokens"] += next((k for k, t in enumerate(row) if t in stop), len(row))
+            counted["samples"] += 1
 
-    results = {}
-    torch.manual_seed(0)
-    t, toks = time.perf_counter(), 0
-    with torch.inference_mode():
-        for p in prompts[: max(8, n_prompts // 4)]:  # a quarter of the prompts: this path is slow
-            ids = tok(p, return_tensors="pt")
-            toks += count(model.generate(**ids, **kw), ids["input_ids"].shape[1])
-    results["a_one_at_a_time"] = toks / (time.perf_counter() - t)
-    tok.padding_side = "left"
-    t, toks = time.perf_counter(), 0
-    with torch.inference_mode():
-        for i in range(0, n_prompts, 64):
-            enc = tok(prompts[i : i + 64], return_tensors="pt", padding=True)
-            toks += count(model.generate(**enc, **kw), enc["input_ids"].shape[1])
-    results["b_naive_batched"] = toks / (time.perf_counter() - t)
-    with tempfile.TemporaryDirectory() as out:
-        t = time.perf_counter()
-        ds = generate_synthetic_dataset(
-            model,
-            tok,
-            dist,
-            n_prompts * 2,
-            out,
-            fmt=fmt,
-            generation=gen,
-            batch_size=128,
-            shard_prompts=n_prompts,
-            show_progress=False,
-        )
-        elapsed = time.perf_counter() - t
-        toks = sum(len(tok(x)["input_ids"]) for x in ds["text"])
-    results["c_ours"] = toks / elapsed
-    for name, v in results.items():
-        print(json.dumps({"method": name, "tokens_per_s": round(v, 1)}))
+    def timed(name: str, fn) -> dict:
+        counted.update(tokens=0, samples=0)
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        line = {
+            "method": name,
+            "tokens_per_s": round(counted["tokens"] / elapsed, 1),
+            "samples_per_s": round(counted["samples"] / elapsed, 2),
+            "samples": counted["samples"],
+            "seconds": round(elapsed, 2),
+        }
+        print(json.dumps(line), flush=True)
+        return line
+
+    def one_at_a_time():  # a quarter of the prompts: this path is slow
+        with torch.inference_mode():
+            for p in prompts[: max(8, n_prompts // 4)]:
+                enc = tok(p, return_tensors="pt")
+                width = enc["input_ids"].shape[1]
+                count(model.generate(**enc, **kw), width, [width])
+
+    def naive_batched():
+        side = tok.padding_side
+        tok.padding_side = "left"  # right padding would sample after the pads
+        try:
+            with torch.inference_mode():
+                for i in range(0, n_prompts, 64):
+                    batch = prompts[i : i + 64]
+                    enc = tok(batch, return_tensors="pt", padding=True)
+                    lens = [len(tok(p)["input_ids"]) for p in batch]
+                    count(model.generate(**enc, **kw), enc["input_ids"].shape[1], lens)
+        finally:
+            tok.padding_side = side
+
+    def ours():
+        inner = model.generate
+
+        def counting(*a, **k):
+            out = inner(*a, **k)
+            mask = k["attention_mask"]
+            count(out, mask.shape[1], mask.sum(1).tolist())
+            return out
+
+        model.generate = counting
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                ds = generation.generate_synthetic_dataset(
+                    model,
+                    tok,
+                    dist,
+                    n_prompts * gen.num_return_sequences,
+                    out,
+                    fmt=fmt,
+                    generation=gen,
+                    seed=seed,
+                    batch_size=64,
+                    shard_size=shard_size,
+                    filters=[],
+                    show_progress=False,
+                )
+                assert sorted(zip(ds["category"], ds["stars"])) == sorted(
+                    (c[0], c[1]) for c in codes for _ in range(gen.num_return_sequences)
+                )  # the same prompts as (a) and (b)
+        finally:
+            del model.generate
+
+    a = timed("a_one_at_a_time", one_at_a_time)
+    b = timed("b_naive_batched", naive_batched)
+    c = timed("c_ours", ours)
     print(
         json.dumps(
             {
-                "ratio_c_over_a": round(results["c_ours"] / results["a_one_at_a_time"], 2),
-                "ratio_c_over_b": round(results["c_ours"] / results["b_naive_batched"], 2),
+                "ratio_c_over_a": round(c["tokens_per_s"] / a["tokens_per_s"], 2),
+                "ratio_c_over_b": round(c["tokens_per_s"] / b["tokens_per_s"], 2),
+                "prompts": n_prompts,
+                "device": "cpu, 1 thread",
             }
         )
     )

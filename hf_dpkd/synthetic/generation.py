@@ -4,8 +4,9 @@ Work is cut into shards of `shard_size` prompts. Shard i draws its codes from th
 with a seed derived from (seed, i) and samples with another seed derived from it, so a shard is a pure
 function of its index: a killed run resumes by skipping the shard files it finds, and several processes
 split the shards (i % world_size) with no overlap. Inside a shard, prompts are sorted by token length and
-batched with LEFT padding (most batches need none), sampled with the KV cache under `inference_mode`,
-with a vectorised no-repeat-n-gram processor (the library's loops over every sequence in Python).
+batched with LEFT padding (most batches need little), sampled with the KV cache under `inference_mode`;
+each row stops at its own length budget (max_length counts its own prompt, not the padding) or at eos,
+and the no-repeat-n-gram processor ignores the padding.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from datasets import Dataset, load_dataset
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from hf_dpkd._io import atomic_write_bytes, atomic_write_text
 from hf_dpkd.privacy.histogram import ControlCodeDistribution, allocate_prompts
@@ -76,11 +77,12 @@ class SyntheticGenerationConfig:
 
 
 class BatchedNoRepeatNGramLogitsProcessor(LogitsProcessor):
-    """Same bans as transformers' NoRepeatNGramLogitsProcessor, computed with tensor ops for the whole batch.
+    """transformers' NoRepeatNGramLogitsProcessor, aware of left padding.
 
     A token is banned if emitting it would repeat an n-gram already in the sequence: every window whose
     first n-1 tokens equal the last n-1 tokens bans its last token. `pad_lengths` (left padding per row)
-    excludes windows that touch padding, so a padded row is treated exactly like the unpadded prompt.
+    excludes the windows that touch padding, so a padded row bans exactly what its unpadded prompt bans
+    (the library's processor would, e.g. for n=1, ban the pad token, which is often also eos).
     """
 
     def __init__(self, ngram_size: int, pad_lengths: torch.Tensor | None = None):
@@ -99,8 +101,20 @@ class BatchedNoRepeatNGramLogitsProcessor(LogitsProcessor):
         if self.pad_lengths is not None:
             starts = torch.arange(windows.shape[1], device=input_ids.device)
             match &= starts[None, :] >= self.pad_lengths.to(input_ids.device)[:, None]
-        hits = torch.zeros_like(scores).scatter_add_(1, windows[:, :, -1], match.to(scores.dtype))
-        return scores.masked_fill(hits > 0, float("-inf"))
+        vocab = scores.shape[-1]  # non-matching windows write into a spare column past the vocabulary
+        banned = scores.new_zeros((scores.shape[0], vocab + 1), dtype=torch.bool)
+        banned.scatter_(1, torch.where(match, windows[:, :, -1].clamp(max=vocab), vocab), True)
+        return scores.masked_fill(banned[:, :vocab], float("-inf"))
+
+
+class _RowLengthBudget(StoppingCriteria):
+    """Stop each row once it holds `max_length` tokens of its OWN prompt + text (left padding not counted)."""
+
+    def __init__(self, ends: torch.Tensor):
+        self.ends = ends
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return input_ids.shape[1] >= self.ends.to(input_ids.device)
 
 
 def process_state():
@@ -162,10 +176,11 @@ def _generate_shard(model, tokenizer, fmt, codes, gen: SyntheticGenerationConfig
             for row, p in enumerate(prompts):  # left padding: every prompt ends at column `width`
                 input_ids[row, width - len(p) :] = torch.tensor(p)
                 mask[row, width - len(p) :] = 1
+            pads = torch.tensor([width - len(p) for p in prompts]).repeat_interleave(r)  # r rows per prompt
             processors = LogitsProcessorList()
-            if gen.no_repeat_ngram_size > 0:  # rows come out prompt by prompt, r rows each
-                pads = torch.tensor([width - len(p) for p in prompts]).repeat_interleave(r)
+            if gen.no_repeat_ngram_size > 0:
                 processors.append(BatchedNoRepeatNGramLogitsProcessor(gen.no_repeat_ngram_size, pads))
+            stopping = StoppingCriteriaList([_RowLengthBudget(pads + gen.max_length)])
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),
@@ -175,6 +190,7 @@ def _generate_shard(model, tokenizer, fmt, codes, gen: SyntheticGenerationConfig
                 temperature=gen.temperature,
                 no_repeat_ngram_size=0,
                 logits_processor=processors,
+                stopping_criteria=stopping,
                 max_new_tokens=gen.max_length - shortest,
                 num_return_sequences=r,
                 pad_token_id=pad_id,
