@@ -322,7 +322,7 @@ class Pipeline:
                 c.data.histogram_noise_multiplier,
                 ledger,
                 domain=self.info().get("domain"),
-                seed=c.pipeline.seed,
+                seed=None,  # fresh noise: a seed from the recipe would make the released noise removable
             )
         elif mode == "uniform":
             dist = histogram.uniform_distribution(
