@@ -21,7 +21,11 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 def _run(run_dir: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # read now: fixtures may set the Hub's
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    }  # read now: fixtures may set the Hub's
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--run_dir", str(run_dir), *extra],
         env=env,
@@ -92,8 +96,17 @@ def test_rerun_skips_finished_stages(quick_run):
 
 
 def test_killed_during_distillation_resumes_to_the_same_results(quick_run, tmp_path):
+    """Resume a copy of the finished run from its synthetic data on (the DP histogram draws fresh noise, so
+    only a continuation of the same run can be compared), killed mid-distillation, against the original."""
+    import shutil
+
     reference, _, _ = quick_run
     run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    shutil.rmtree(run_dir / "students")
+    for stage in ("students", "evaluate", "audit"):
+        (run_dir / "stages" / f"{stage}.json").unlink()
+    (run_dir / "results.json").unlink()
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--quick", "--run_dir", str(run_dir)],
         env=ENV,
