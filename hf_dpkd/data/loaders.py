@@ -6,6 +6,7 @@ csv/json/jsonl/parquet file with a text column and control columns works the sam
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 from datasets import ClassLabel, DatasetDict, load_dataset
@@ -28,6 +29,18 @@ CPC_SECTIONS = {
     "y": "General Tagging of New Technological Developments",
 }
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def _check_utf8(path: Path, name: str) -> None:
+    """Fail early, with the fix, on a text file that is not UTF-8 (the loaders would fail deep inside)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ValueError(f"dataset={name!r} is not UTF-8 text; re-encode it as UTF-8.") from None
 
 
 def _split_if_needed(ds: DatasetDict, seed: int) -> DatasetDict:
@@ -77,10 +90,9 @@ def load_private_dataset(
             raise ValueError(
                 f"dataset={name_or_path!r}: unsupported file type {path.suffix!r}; use {sorted(FORMATS)}."
             )
-        try:
-            ds = load_dataset(fmt, data_files={"train": str(path)})
-        except UnicodeDecodeError:
-            raise ValueError(f"dataset={name_or_path!r} is not UTF-8 text; re-encode it as UTF-8.") from None
+        if fmt in ("csv", "json"):
+            _check_utf8(path, name_or_path)
+        ds = load_dataset(fmt, data_files={"train": str(path)})
         text_column = text_column or "text"
         if not control_columns:
             raise ValueError(
