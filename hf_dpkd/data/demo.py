@@ -377,6 +377,8 @@ CONTRASTS = (
     "Our {staff} was {pos}, although the {item} {was} {neg}.",
     "{Pos} {item}, {neg} {aspect}.",
 )
+#: Probability that a sentence's adjectives come from a neighbouring star rating.
+NEIGHBOUR_MOOD = 0.25
 POSITIVE, NEGATIVE = SENTIMENT["4.0"].adjectives, SENTIMENT["2.0"].adjectives
 
 #: Canaries: (template, repeats, category, stars). Secret: 4 digits separated by spaces (10^4 candidates).
@@ -461,30 +463,37 @@ def _sentence(rng: random.Random, spec: CategorySpec, stars: str) -> str:
     if stars == "3.0" and rng.random() < 0.5:
         pos, neg = rng.choice(POSITIVE), rng.choice(NEGATIVE)
         return rng.choice(CONTRASTS).format(pos=pos, neg=neg, Pos=pos.capitalize(), **slots)
-    adjectives = SENTIMENT[stars].adjectives
+    adjectives = SENTIMENT[_mood_of(rng, stars)].adjectives
     adj, adj2 = rng.choice(adjectives), rng.choice(adjectives)
     return rng.choice(TEMPLATES).format(
         adj=adj, adj2=adj2, Adj=adj.capitalize(), Visit=rng.choice(spec.visit), **slots
     )
 
 
+def _mood_of(rng: random.Random, stars: str) -> str:
+    """Mostly the review's own rating, sometimes a neighbouring one (real ratings are fuzzy)."""
+    if rng.random() >= NEIGHBOUR_MOOD:
+        return stars
+    k = STARS.index(stars) + rng.choice((-1, 1))
+    return STARS[min(max(k, 0), len(STARS) - 1)]
+
+
 def make_review(rng: random.Random, spec: CategorySpec, stars: str) -> str:
-    """A review of a `spec` business with `stars`: opener, 2-6 content sentences, details, filler, closer."""
-    mood = SENTIMENT[stars]
+    """A review of a `spec` business with `stars`: opener, 2-5 content sentences, details, filler, closer."""
     parts: list[str] = []
     if rng.random() < 0.6:
-        parts.append(rng.choice(mood.openers))
+        parts.append(rng.choice(SENTIMENT[_mood_of(rng, stars)].openers))
     if rng.random() < 0.4:
         parts.append(rng.choice(FILLER).format(n=_number(rng)))
     # Unhappy reviewers write more, as on Yelp.
-    low, high = (3, 6) if stars in ("1.0", "2.0") else (2, 5)
+    low, high = (2, 5) if stars in ("1.0", "2.0") else (2, 4)
     for _ in range(rng.randint(low, high)):
         parts.append(_sentence(rng, spec, stars))
     if rng.random() < 0.7:
         parts.append(rng.choice(spec.details).format(n=_number(rng)))
     if rng.random() < 0.5:
-        parts.append(rng.choice(mood.verdicts))
-    parts.append(rng.choice(mood.closers))
+        parts.append(rng.choice(SENTIMENT[_mood_of(rng, stars)].verdicts))
+    parts.append(rng.choice(SENTIMENT[_mood_of(rng, stars)].closers))
     return " ".join(parts)
 
 
