@@ -167,6 +167,10 @@ def test_pretraining_on_public_lowers_perplexity(demo, tmp_path):
     after = perplexity(model, tok, held_out, window=64, show_progress=False)["perplexity"]
     assert after < 0.3 * before, (before, after)
     assert metrics["train_loss"] > 0 and not (tmp_path / "_pretraining").exists()
+    with pytest.raises(ValueError, match=r"fewer tokens than one block of max_length=128"):
+        pretrain_on_public(model, tok, ["a short one"], tmp_path, max_steps=1, max_length=128)
+    with pytest.raises(ValueError, match=r"max_steps=0 must be > 0"):
+        pretrain_on_public(model, tok, public, tmp_path, max_steps=0)
 
 
 def test_build_demo_models_caches_and_rebuilds(demo, tmp_path):

@@ -95,6 +95,12 @@ def demo_model(tokenizer: PreTrainedTokenizerBase, kind: str, seed: int = 0) -> 
         return GPT2LMHeadModel(config)
 
 
+def _pack(ids: list[list[int]], block: int) -> dict[str, list[list[int]]]:
+    flat = [t for seq in ids for t in seq]
+    n = len(flat) // block
+    return {"input_ids": [flat[i * block : (i + 1) * block] for i in range(n)]}
+
+
 def pretrain_on_public(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -106,10 +112,13 @@ def pretrain_on_public(
     batch_size: int = 32,
     learning_rate: float = 3e-3,
     seed: int = 0,
+    pack: bool = True,
     use_cpu: bool | None = None,
 ) -> dict[str, float]:
     """A short, non-private causal-LM pretraining run on public `texts` with the plain HF ``Trainer``.
 
+    With `pack` (default) the texts, each ended by eos, are concatenated and cut into blocks of
+    `max_length` tokens, as in GPT-2 pretraining; otherwise each text is one (truncated) sequence.
     Trainer scratch files go to `output_dir/_pretraining` and are removed afterwards; the model is
     trained in place. Returns the Trainer's train metrics (train_loss, train_runtime, ...).
     """
@@ -119,11 +128,25 @@ def pretrain_on_public(
         raise ValueError("texts is empty: nothing to pretrain on.")
     eos = tokenizer.eos_token or ""
     data = Dataset.from_dict({"text": [t + eos for t in texts]})
-    data = data.map(
-        lambda b: tokenizer(b["text"], truncation=True, max_length=max_length),
-        batched=True,
-        remove_columns=["text"],
-    )
+    if pack:
+        # As real pretraining: texts concatenated and cut into full blocks, so the model sees text starts
+        # at every position (the paper's perplexity windows start anywhere in a text).
+        data = data.map(
+            lambda b: _pack(tokenizer(b["text"], verbose=False)["input_ids"], max_length),
+            batched=True,
+            remove_columns=["text"],
+        )
+    else:
+        data = data.map(
+            lambda b: tokenizer(b["text"], truncation=True, max_length=max_length),
+            batched=True,
+            remove_columns=["text"],
+        )
+    if len(data) == 0:
+        raise ValueError(
+            f"texts hold fewer tokens than one block of max_length={max_length}; pass more texts, a smaller "
+            "max_length, or pack=False."
+        )
     scratch = Path(output_dir) / "_pretraining"
     args = TrainingArguments(
         output_dir=str(scratch),
@@ -173,6 +196,7 @@ def build_demo_models(
     batch_size: int = 32,
     learning_rate: float = 3e-3,
     seed: int = 0,
+    pack: bool = True,
 ) -> dict[str, Path]:
     """Pretrain the demo teacher and student on public text, cached in ``run_dir/base/{teacher,student}``.
 
@@ -191,6 +215,7 @@ def build_demo_models(
             "batch_size": batch_size,
             "learning_rate": learning_rate,
             "seed": seed + offset,
+            "pack": pack,
         }
         fingerprint = _fingerprint(tokenizer, public_texts, settings)
         marker = out / COMPLETE
@@ -214,6 +239,7 @@ def build_demo_models(
             batch_size=batch_size,
             learning_rate=learning_rate,
             seed=seed + offset,
+            pack=pack,
         )
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
