@@ -7,6 +7,16 @@ turns a logical batch processed as several micro-batches into ONE DP-SGD update:
     grad   = (summed + N(0, (sigma*C)^2)) / expected_batch_size      (noise drawn once, on rank 0)
 
 The hooks stay on the caller's model (no ``_module.`` wrapper in saved checkpoints).
+
+Clipping modes (`CLIPPING_MODES`):
+- ``hooks``: Opacus per-sample gradients; the clipped examples are added one by one in float32, so the
+  update is bit-identical for any micro-batch size.
+- ``ghost``: per-sample norms, then a second backward of ``sum_i c_i loss_i`` (Opacus; the package's own
+  engine in bookkeeping.py when parameters are tied, which Opacus refuses).
+- ``bookkeeping``: one backward; norms and clipped sums from stored activations and output gradients
+  (bookkeeping.py). Equal to the per-example reference up to float32 rounding; the sum over micro-batches
+  is not bit-identical across micro-batch sizes (matrix products change their summation order).
+- ``auto``: ``bookkeeping`` when every trainable layer has a closed form there, else ``hooks``.
 """
 
 from __future__ import annotations
@@ -24,8 +34,9 @@ from opacus.optimizers.optimizer import DPOptimizer, _generate_noise
 from torch import nn
 
 import hf_dpkd.privacy.grad_samplers  # noqa: F401  (registers Conv1D / RMSNorm samplers)
+from hf_dpkd.privacy.bookkeeping import FastClippingModule, unsupported_layers, uses_activation_checkpointing
 
-CLIPPING_MODES = ("hooks", "ghost")
+CLIPPING_MODES = ("hooks", "ghost", "bookkeeping", "auto")
 
 # Opacus' full backward hooks fire on embedding layers whose inputs are integer ids; harmless.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
@@ -41,10 +52,21 @@ def _tied_parameter_names(model: nn.Module) -> list[str]:
     return [names[0] for names in owners.values() if len(names) > 1]
 
 
-def attach_grad_sampler(model: nn.Module, clipping_mode: str, max_grad_norm: float) -> nn.Module:
-    """Install Opacus' per-sample hooks on `model`; returns the Opacus wrapper (not to be saved)."""
+def resolve_clipping_mode(model: nn.Module, clipping_mode: str) -> str:
+    """The concrete mode `clipping_mode` runs as: 'auto' becomes 'bookkeeping' (one backward, fastest on
+    the supported layers) when every trainable layer has a closed form, else 'hooks'."""
     if clipping_mode not in CLIPPING_MODES:
         raise ValueError(f"clipping_mode={clipping_mode!r} is not supported; use one of {CLIPPING_MODES}.")
+    if clipping_mode != "auto":
+        return clipping_mode
+    if unsupported_layers(model) or uses_activation_checkpointing(model):
+        return "hooks"
+    return "bookkeeping"
+
+
+def attach_grad_sampler(model: nn.Module, clipping_mode: str, max_grad_norm: float) -> nn.Module:
+    """Install per-sample hooks on `model` (see CLIPPING_MODES); returns the wrapper (not to be saved)."""
+    mode = resolve_clipping_mode(model, clipping_mode)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("The model has no trainable parameter: nothing for DP-SGD to train.")
     errors = GradSampleModule.validate(model, strict=False)
@@ -54,14 +76,10 @@ def attach_grad_sampler(model: nn.Module, clipping_mode: str, max_grad_norm: flo
             f"(layers with buffers such as BatchNorm mix samples): {errors[0]}. Replace them (e.g. "
             "opacus.validators.ModuleValidator.fix(model) swaps BatchNorm for GroupNorm) or freeze them."
         )
-    if clipping_mode == "ghost":
-        tied = _tied_parameter_names(model)
-        if tied:
-            raise ValueError(
-                f"clipping_mode='ghost' cannot clip tied parameters ({', '.join(tied)}; e.g. GPT-2 ties lm_head "
-                "to the input embedding). Use clipping_mode='hooks', or untie the weights "
-                "(config.tie_word_embeddings=False) before training."
-            )
+    if mode == "bookkeeping" or (mode == "ghost" and _tied_parameter_names(model)):
+        # Opacus' ghost clipping refuses tied parameters; this engine computes their norm exactly.
+        return FastClippingModule(model, max_grad_norm, mode=mode)
+    if mode == "ghost":
         return GradSampleModuleFastGradientClipping(
             model,
             batch_first=True,
@@ -129,7 +147,10 @@ class DPSGDOptimizer(DPOptimizer):
         n = per_sample_losses.shape[0]
         if n == 0:
             return
-        if self.clipping_mode == "ghost":
+        if isinstance(self.grad_sample_module, FastClippingModule):
+            for p, g in self.grad_sample_module.clipped_sum(per_sample_losses).items():
+                self._accumulate(p, g.detach())
+        elif isinstance(self.grad_sample_module, GradSampleModuleFastGradientClipping):
             gsm = self.grad_sample_module
             per_sample_losses.sum().backward(retain_graph=True)  # hooks compute per-sample norms only
             coef = gsm.get_clipping_coef().to(per_sample_losses.device).detach()

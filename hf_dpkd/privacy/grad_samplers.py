@@ -44,7 +44,8 @@ def conv1d_norm_sample(layer: Conv1D, activations: list[torch.Tensor], backprops
     return out
 
 
-def _rms_classes() -> list[type]:
+def rms_norm_classes() -> list[type]:
+    """transformers' RMSNorm classes computing w * x / rms(x) (Llama, Qwen2, Mistral) that are importable."""
     classes = []
     for module, name in (
         ("transformers.models.llama.modeling_llama", "LlamaRMSNorm"),
@@ -67,5 +68,5 @@ def rmsnorm_grad_sample(layer, activations: list[torch.Tensor], backprops: torch
     return {layer.weight: torch.einsum("n...k,n...k->nk", backprops, normed)}
 
 
-for _cls in _rms_classes():
+for _cls in rms_norm_classes():
     register_grad_sampler(_cls)(rmsnorm_grad_sample)
