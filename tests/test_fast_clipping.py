@@ -1,0 +1,225 @@
+"""Book-keeping and tied-weight ghost clipping: norms, cross terms, per-layer choices, errors, bf16, DPTrainer."""
+
+import pytest
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import default_data_collator
+
+from hf_dpkd.privacy.bookkeeping import (
+    FastClippingModule,
+    _clipped,
+    _cross,
+    _materialise,
+    _self_norm2,
+    unsupported_layers,
+)
+from hf_dpkd.privacy.engine import attach_grad_sampler, detach_grad_sampler, resolve_clipping_mode
+from hf_dpkd.trainers.dp import DPConfig, DPTrainer, dp_forward_kwargs, per_sequence_nll
+from tests.dp_models import MODEL_FACTORIES, VOCAB, random_batch, reference_clipped_sum, tiny_gpt2
+from tests.test_dp_engine import _assert_close, _clipped_sum, _median_norm
+
+
+def _reference_norms(model, batch):
+    """Per-example gradient norms (embedding and lm_head contributions summed before the norm) and,
+    for the tied GPT-2, the two contributions' norms separately."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    wte = model.transformer.wte.weight
+    out, parts = [], []
+    for i in range(batch["input_ids"].shape[0]):
+        one = {k: v[i : i + 1] for k, v in batch.items()}
+        hidden = model.transformer(**dp_forward_kwargs(model, one)).last_hidden_state
+        logits = model.lm_head(hidden)
+        loss = per_sequence_nll(logits, one["labels"]).sum()
+        grads = torch.autograd.grad(loss, params, retain_graph=True)
+        out.append(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item())
+        # lm_head's share of the tied gradient alone: d loss / d W through logits = h^T dlogits
+        (g_logits,) = torch.autograd.grad(loss, logits)
+        head = torch.einsum("btv,btd->vd", g_logits, hidden.detach()).double()
+        total_wte = grads[[id(p) for p in params].index(id(wte))].double()
+        parts.append((head, total_wte - head))
+    return torch.tensor(out, dtype=torch.float64), parts
+
+
+@pytest.mark.parametrize("mode", ["bookkeeping", "ghost"])
+def test_tied_embedding_norm_is_norm_of_the_sum(mode):
+    """The tied wte/lm_head per-sample norm includes the cross term; a sum of squares would be wrong."""
+    model = tiny_gpt2(tied=True)
+    batch = random_batch(5)
+    ref, parts = _reference_norms(model, batch)
+    # The test can fail: dropping the cross term changes the norms far beyond the tolerance.
+    others = ref**2 - torch.tensor([((h + e) ** 2).sum().item() for h, e in parts], dtype=torch.float64)
+    no_cross = torch.sqrt(others + torch.tensor([(h**2).sum() + (e**2).sum() for h, e in parts]))
+    assert ((no_cross - ref).abs() / ref).max() > 1e-3
+
+    gsm = attach_grad_sampler(model, mode, 1e9)
+    loss = per_sequence_nll(gsm(**dp_forward_kwargs(gsm, batch)).logits, batch["labels"])
+    gsm.clipped_sum(loss)
+    ours = gsm.last_per_sample_norms.double()
+    detach_grad_sampler(gsm)
+    assert torch.allclose(ours, ref, rtol=1e-5), (ours, ref)
+
+
+def _rand_outer(n, t, r, c, seed):
+    g = torch.Generator().manual_seed(seed)
+    return ("outer", torch.randn(n, t, r, generator=g), torch.randn(n, t, c, generator=g))
+
+
+def _rand_embed(n, t, rows, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, rows, (n, t), generator=g)
+    ids[:, 1] = ids[:, 0]  # repeated tokens: the ghost form must count them together
+    return ("embed", ids, torch.randn(n, t, d, generator=g), rows)
+
+
+@pytest.mark.parametrize(
+    "contrib",
+    [
+        _rand_outer(3, 2, 16, 16, 0),  # ghost branch: T (r + c) <= r c
+        _rand_outer(3, 40, 4, 5, 1),  # materialised branch: T (r + c) > r c
+        _rand_outer(3, 1, 7, 5, 2),  # T = 1
+        _rand_embed(3, 6, 9, 4, 3),
+    ],
+)
+def test_norms_and_clipped_sums_match_materialised(contrib):
+    full = _materialise(contrib).double()
+    assert torch.allclose(_self_norm2(contrib).double(), (full**2).sum(1), rtol=1e-5)
+    coef = torch.tensor([0.3, 1.0, 0.7])
+    shape = (contrib[1].shape[2], contrib[2].shape[2]) if contrib[0] == "outer" else (contrib[3], 4)
+    expected = torch.einsum("n,nk->k", coef.double(), full).reshape(shape)
+    assert torch.allclose(_clipped(contrib, coef, torch.Size(shape)).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        (_rand_outer(3, 5, 9, 4, 4), _rand_embed(3, 6, 9, 4, 5)),
+        (_rand_embed(3, 6, 9, 4, 6), _rand_outer(3, 5, 9, 4, 7)),
+        (_rand_embed(3, 6, 9, 4, 8), _rand_embed(3, 4, 9, 4, 9)),
+        (_rand_outer(3, 5, 9, 4, 10), _rand_outer(3, 2, 9, 4, 11)),
+        (_rand_outer(3, 5, 9, 4, 12), ("dense", torch.randn(3, 9, 4))),
+    ],
+)
+def test_cross_terms_match_materialised(a, b):
+    expected = (_materialise(a).double() * _materialise(b).double()).sum(1)
+    assert torch.allclose(_cross(a, b).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_every_example_is_clipped_to_c():
+    model = tiny_gpt2(tied=True)
+    batch = random_batch(4)
+    for i in range(4):
+        one = {k: v[i : i + 1] for k, v in batch.items()}
+        contrib = _clipped_sum(model, one, 0.05, mode="bookkeeping")
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in contrib.values())).item()
+        assert 0.05 * 0.999 <= norm <= 0.05 * (1 + 1e-5)
+
+
+def test_micro_batches_add_up_to_the_whole_batch():
+    """Not bit-identical (matrix products reorder sums), but equal to float32 rounding."""
+    model = tiny_gpt2(tied=True)
+    batch = random_batch(12)
+    whole = _clipped_sum(model, batch, 0.5, mode="bookkeeping")
+    for micro in (1, 5):
+        _assert_close(_clipped_sum(model, batch, 0.5, mode="bookkeeping", micro=micro), whole, rtol=1e-6)
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return self.lin(x) * self.scale
+
+
+def test_unsupported_layer_is_named_and_auto_falls_back_to_hooks():
+    model = _Scaled()
+    assert unsupported_layers(model) == ["<root> (_Scaled)"]
+    assert resolve_clipping_mode(model, "auto") == "hooks"
+    assert resolve_clipping_mode(tiny_gpt2(), "auto") == "bookkeeping"
+    with pytest.raises(
+        ValueError, match=r"no per-sample formula for the trainable layer <root> \(_Scaled\).*'hooks'"
+    ):
+        attach_grad_sampler(model, "bookkeeping", 1.0)
+    with pytest.raises(ValueError, match=r"clipping_mode='fast' is not supported"):
+        attach_grad_sampler(tiny_gpt2(), "fast", 1.0)
+
+
+def test_broadcast_position_ids_are_refused_with_the_fix():
+    model = tiny_gpt2(tied=True)
+    batch = random_batch(3)
+    gsm = attach_grad_sampler(model, "bookkeeping", 1.0)
+    out = gsm(input_ids=batch["input_ids"], position_ids=torch.arange(10).unsqueeze(0))
+    with pytest.raises(ValueError, match=r"batch of 1 rows but there are 3 per-sample losses.*\[B, T\]"):
+        gsm.clipped_sum(per_sequence_nll(out.logits, batch["labels"]))
+    detach_grad_sampler(gsm)
+
+
+def test_gradient_checkpointing_is_refused():
+    model = tiny_gpt2()
+    model.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match=r"gradient checkpointing.*gradient_checkpointing_disable"):
+        FastClippingModule(model, 1.0)
+    assert resolve_clipping_mode(model, "auto") == "hooks"
+
+
+def test_outside_training_the_wrapper_is_a_plain_model():
+    model = tiny_gpt2()
+    batch = random_batch(2)
+    gsm = attach_grad_sampler(model, "bookkeeping", 1.0)
+    with torch.no_grad():
+        a = gsm(**dp_forward_kwargs(gsm, batch)).logits
+        b = model(**dp_forward_kwargs(model, batch)).logits
+    assert torch.equal(a, b) and gsm._calls == []
+    assert all(p.requires_grad for p in model.parameters())
+    detach_grad_sampler(gsm)
+
+
+@pytest.mark.parametrize("family", ["gpt2_tied", "llama"])
+def test_bf16_autocast_matches_the_same_reference_in_bf16(family):
+    """bf16 mixed precision: the clipped sum equals the per-example loop run under the same autocast."""
+    model = MODEL_FACTORIES[family]()
+    batch = random_batch(5)
+    clip = _median_norm(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = reference_clipped_sum(model, batch, clip)
+        ours = _clipped_sum(model, batch, clip, mode="bookkeeping", micro=2)
+    _assert_close(ours, ref, rtol=3e-2)
+    assert all(g.dtype == torch.float32 for g in ours.values())
+
+
+def _train(mode: str):
+    torch.manual_seed(0)
+    model = tiny_gpt2(tied=True)
+    ids = torch.randint(1, VOCAB, (48, 10), generator=torch.Generator().manual_seed(5)).tolist()
+    data = Dataset.from_dict({"input_ids": ids, "labels": ids})
+    args = DPConfig(
+        output_dir="/tmp/hf_dpkd_fast_clipping",
+        per_device_train_batch_size=12,
+        max_physical_batch_size=5,
+        max_steps=3,
+        learning_rate=0.5,
+        optim="sgd",
+        disable_dp=True,
+        per_sample_max_grad_norm=0.5,
+        clipping_mode=mode,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = DPTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator)
+    trainer.train()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_dp_trainer_modes_take_the_same_steps():
+    """The real DPTrainer loop (Poisson batches, micro-batches, SGD): every mode moves the weights alike."""
+    hooks = _train("hooks")
+    for mode in ("bookkeeping", "auto", "ghost"):
+        other = _train(mode)
+        for name in hooks:
+            assert torch.allclose(other[name], hooks[name], rtol=1e-4, atol=1e-6), (mode, name)
