@@ -223,3 +223,30 @@ def test_dp_trainer_modes_take_the_same_steps():
         other = _train(mode)
         for name in hooks:
             assert torch.allclose(other[name], hooks[name], rtol=1e-4, atol=1e-6), (mode, name)
+
+
+@pytest.mark.parametrize("mode", ["bookkeeping", "ghost"])
+def test_two_forwards_in_one_loss_are_clipped_together(mode):
+    """A loss that runs the model twice per example: each layer has two contributions per sample."""
+    model = MODEL_FACTORIES["llama"]()
+    x = random_batch(4)
+    y = {k: v.roll(1, dims=1) for k, v in x.items()}
+
+    def losses(m, a, b):
+        la = per_sequence_nll(m(**dp_forward_kwargs(m, a)).logits, a["labels"])
+        return la + 0.5 * per_sequence_nll(m(**dp_forward_kwargs(m, b)).logits, b["labels"])
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = 1.0
+    ref = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    for i in range(4):
+        one = [{k: v[i : i + 1] for k, v in d.items()} for d in (x, y)]
+        grads = torch.autograd.grad(losses(model, *one).sum(), params)
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()
+        for r, g in zip(ref, grads):
+            r += min(1.0, clip / (norm + 1e-6)) * g.double()
+    gsm = FastClippingModule(model, clip, mode=mode)
+    ours = gsm.clipped_sum(losses(gsm, x, y))
+    gsm.remove_hooks()
+    for p, r in zip(params, ref):
+        assert torch.allclose(ours[p].double(), r, rtol=1e-4, atol=1e-7 * r.abs().max().item())

@@ -229,6 +229,7 @@ class FastClippingModule(nn.Module):
         self._calls: list[_Call] = []
         self._capture_grads = False
         self._norm2: torch.Tensor | None = None
+        self._n, self._wrong_batch = 0, None
         self.last_per_sample_norms: torch.Tensor | None = None
         self._handles = [
             module.register_forward_hook(self._forward_hook)
@@ -246,7 +247,7 @@ class FastClippingModule(nn.Module):
     def forward(self, *args, **kwargs):
         if not (self.hooks_enabled and torch.is_grad_enabled()):
             return self._module(*args, **kwargs)
-        self._calls = []
+        # Calls accumulate until clipped_sum (a loss may run the model more than once per micro-batch).
         if self.mode != "bookkeeping":
             return self._module(*args, **kwargs)
         # Frozen weights: the backward then computes activation gradients only (no weight gradients).
@@ -277,6 +278,9 @@ class FastClippingModule(nn.Module):
     def _grad_hook(self, call: _Call, grad: torch.Tensor) -> None:
         if not self._capture_grads:
             return
+        if call.act.shape[0] != self._n:
+            self._wrong_batch = self._wrong_batch or call
+            return
         call.grad = grad.detach() if call.grad is None else call.grad + grad.detach()
         if call.deferred:
             return
@@ -289,15 +293,9 @@ class FastClippingModule(nn.Module):
     # -- clipping ---------------------------------------------------------------------------------
     @staticmethod
     def _prepare(calls: list[_Call], n: int) -> None:
-        """Check batch dims; mark calls whose parameter has several contributions (their norm needs all)."""
+        """Mark calls whose parameter has several contributions (their norm needs all of them)."""
         uses: dict[int, int] = {}
         for call in calls:
-            if call.act.shape[0] != n:
-                raise ValueError(
-                    f"{type(call.module).__name__} saw a batch of {call.act.shape[0]} rows but there are {n} "
-                    "per-sample losses: every layer input needs the batch dimension first (e.g. pass "
-                    "position_ids of shape [B, T], not [1, T])."
-                )
             for p in call.module.parameters(recurse=False):
                 if p.requires_grad:
                     uses[id(p)] = uses.get(id(p), 0) + 1
@@ -322,11 +320,12 @@ class FastClippingModule(nn.Module):
         return norm2.clamp(min=0).sqrt()
 
     def clipped_sum(self, per_sample_losses: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
-        """Backward the [B] losses of the last forward; return {parameter: sum_i min(1, C/||g_i||) g_i}."""
+        """Backward the [B] losses of the forwards since the last call; return {parameter: sum_i min(1, C/||g_i||) g_i}."""
         n = per_sample_losses.shape[0]
         calls, self._calls = self._calls, []
         self._prepare(calls, n)
         self._norm2 = torch.zeros(n, dtype=torch.float32, device=per_sample_losses.device)
+        self._n, self._wrong_batch = n, None
         self._capture_grads = True
         try:
             if self.mode == "bookkeeping":
@@ -337,6 +336,13 @@ class FastClippingModule(nn.Module):
                     p.grad = None
         finally:
             self._capture_grads = False
+        if self._wrong_batch is not None:
+            bad, self._wrong_batch = self._wrong_batch, None
+            raise ValueError(
+                f"{type(bad.module).__name__} saw a batch of {bad.act.shape[0]} rows but there are {n} "
+                "per-sample losses: every layer input needs the batch dimension first (e.g. pass "
+                "position_ids of shape [B, T], not [1, T])."
+            )
         norms = self._finish_norms(calls, n)
         self._norm2 = None
         self.last_per_sample_norms = norms.detach()
