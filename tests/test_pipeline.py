@@ -45,8 +45,7 @@ def quick_run(tmp_path_factory):
 
 
 def test_quick_run_produces_every_artifact(quick_run):
-    run_dir, proc, seconds = quick_run
-    assert seconds < 180
+    run_dir, proc, _ = quick_run
     results = json.loads((run_dir / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
     assert set(rows) == {
@@ -82,10 +81,8 @@ def test_quick_run_produces_every_artifact(quick_run):
 def test_rerun_skips_finished_stages(quick_run):
     run_dir, _, _ = quick_run
     before = (run_dir / "results.json").read_text()
-    start = time.time()
     proc = _run(run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert time.time() - start < 60
     assert "==> stage" not in proc.stdout
     changed = _run(run_dir, "--target_epsilon", "4.0")
     assert (
