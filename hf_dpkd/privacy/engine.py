@@ -216,15 +216,16 @@ class DPSGDOptimizer(DPOptimizer):
                 summed = torch.zeros_like(p)
             noise_here = (not self.distributed) or dist.get_rank() == 0
             if noise_here and self.noise_multiplier > 0:
-                noise = _generate_noise(
+                # In place on the fresh noise tensor (no extra full-size copies; same values as summed + noise).
+                grad = _generate_noise(
                     std=self.noise_multiplier * self.max_grad_norm, reference=summed, generator=self.generator
-                )
-                grad = summed.view_as(p) + noise.view_as(p)
+                ).view_as(p)
+                grad.add_(summed.view_as(p))
             else:
                 grad = summed.view_as(p).clone()
             if self.distributed:
                 dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-            p.grad = grad / self.expected_batch_size_exact
+            p.grad = grad.div_(self.expected_batch_size_exact)
             p.summed_grad = None
             p.grad_sample = None
         if self.on_step is not None:
