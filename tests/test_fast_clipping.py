@@ -250,3 +250,47 @@ def test_two_forwards_in_one_loss_are_clipped_together(mode):
     gsm.remove_hooks()
     for p, r in zip(params, ref):
         assert torch.allclose(ours[p].double(), r, rtol=1e-4, atol=1e-7 * r.abs().max().item())
+
+
+def _tiny_other(family: str):
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig, OPTConfig, Qwen2Config
+
+    small = dict(
+        num_hidden_layers=2, vocab_size=VOCAB, max_position_embeddings=32, bos_token_id=0, eos_token_id=0
+    )
+    cfg = {
+        "neox": lambda: GPTNeoXConfig(
+            hidden_size=32, intermediate_size=64, num_attention_heads=2, hidden_dropout=0.0, **small
+        ),
+        "qwen2_tied": lambda: Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            **small,
+        ),
+        "opt": lambda: OPTConfig(
+            hidden_size=32, ffn_dim=64, num_attention_heads=2, word_embed_proj_dim=32, dropout=0.0, **small
+        ),
+    }[family]()
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg)
+
+
+@pytest.mark.parametrize("family", ["neox", "qwen2_tied"])
+def test_other_families_match_per_sample_loop(family):
+    model = _tiny_other(family)
+    assert resolve_clipping_mode(model, "auto") == "bookkeeping"
+    batch = random_batch(5)
+    clip = _median_norm(model, batch)
+    _assert_close(
+        _clipped_sum(model, batch, clip, mode="bookkeeping", micro=2),
+        reference_clipped_sum(model, batch, clip),
+    )
+
+
+def test_opt_learned_positions_fall_back_to_hooks():
+    model = _tiny_other("opt")
+    assert any("OPTLearnedPositionalEmbedding" in b for b in unsupported_layers(model))
+    assert resolve_clipping_mode(model, "auto") == "hooks"
