@@ -32,7 +32,6 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from hf_dpkd._io import atomic_write_text
 from hf_dpkd.privacy.accounting import PrivacyLedger, default_delta
@@ -41,6 +40,7 @@ from hf_dpkd.run_dir import RunDir, RunDirMismatchError
 
 logger = logging.getLogger(__name__)
 
+COMPLETE = ".complete"  # marker of a finished model folder
 STUDENT_METHODS = ("distildp", "dp_syn_data", "dp_sgd_student", "dpkd", "on_policy")
 METHOD_LABELS = {
     "non_private_teacher": "Teacher, non-private (reference)",
@@ -76,7 +76,9 @@ def _training_args(output_dir: Path, config: RunConfig, **kwargs) -> dict[str, A
 
 
 def _resume_point(output_dir: Path) -> str | None:
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    from hf_dpkd.trainers.dp import last_complete_checkpoint
+
+    return last_complete_checkpoint(str(output_dir))
 
 
 def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -365,7 +367,7 @@ class Pipeline:
 
         c = self.config
         final = output / "final"
-        if (final / "config.json").is_file():
+        if (final / COMPLETE).is_file():
             return final
         model, tokenizer = load_model_and_tokenizer(base)
         train = _tokenize_for_lm(self.data()["train"], tokenizer, self.fmt(), c.data.max_length)
@@ -435,6 +437,7 @@ class Pipeline:
         trainer.train(resume_from_checkpoint=_resume_point(output))
         trainer.save_model(str(final))
         tokenizer.save_pretrained(str(final))
+        atomic_write_text(final / COMPLETE, "finished\n")  # written last: a kill never leaves a "done" model
         return final
 
     def stage_teacher(self) -> dict[str, Any]:
@@ -517,7 +520,7 @@ class Pipeline:
 
         c, s = self.config, self.config.student
         final = output / "final"
-        if (final / "config.json").is_file():
+        if (final / COMPLETE).is_file():
             return final
         model, tokenizer = load_model_and_tokenizer(self.base_path("student"))
         synth = self.synthetic()
@@ -572,6 +575,7 @@ class Pipeline:
         tokenizer.save_pretrained(str(final))
         # The student inherits the teacher's guarantee (post-processing): same ledger, no new release.
         PrivacyLedger.load(self.run / "teacher" / "final").save(final)
+        atomic_write_text(final / COMPLETE, "finished\n")  # written last: a kill never leaves a "done" model
         return final
 
     def stage_students(self) -> dict[str, Any]:
@@ -624,7 +628,7 @@ class Pipeline:
         }
         for m in STUDENT_METHODS:
             dirs[m] = self.run / "students" / m / "final"
-        return {k: v for k, v in dirs.items() if (v / "config.json").is_file()}
+        return {k: v for k, v in dirs.items() if (v / COMPLETE).is_file()}
 
     def stage_evaluate(self) -> dict[str, Any]:
         from hf_dpkd.evaluation import perplexity
@@ -750,7 +754,7 @@ class Pipeline:
                 h.push_teacher,
                 private=h.hub_private_repo,
                 token=h.hub_token,
-                ignore_patterns=["checkpoint-*", "*.pt", "training_args.bin"],
+                ignore_patterns=["checkpoint-*", "*.pt", "training_args.bin", COMPLETE],
             )
         if h.push_synthetic:
             pushed["synthetic"] = push_folder_to_hub(
@@ -782,7 +786,7 @@ class Pipeline:
                 h.push_student,
                 private=h.hub_private_repo,
                 token=h.hub_token,
-                ignore_patterns=["checkpoint-*", "*.pt", "training_args.bin"],
+                ignore_patterns=["checkpoint-*", "*.pt", "training_args.bin", COMPLETE],
             )
         return pushed
 

@@ -258,3 +258,17 @@ def test_layer_opacus_cannot_handle(tmp_path):
 def test_delta_at_least_one_over_n_warns(tmp_path):
     with pytest.warns(UserWarning, match=r"target_delta=0.05 is >= 1/N"):
         _trainer(tmp_path, n=96, target_epsilon=1.0, target_delta=0.05)
+
+
+def test_resume_point_skips_a_checkpoint_a_kill_interrupted(tmp_path):
+    from hf_dpkd.trainers.dp import last_complete_checkpoint
+
+    assert last_complete_checkpoint(str(tmp_path / "missing")) is None
+    for step, complete in ((1, True), (2, True), (10, False)):
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        (ckpt / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (ckpt / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    assert not (tmp_path / "checkpoint-10").exists()

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from hf_dpkd._io import atomic_write_bytes, atomic_write_text
 from hf_dpkd.privacy.accounting import (
@@ -257,6 +256,27 @@ def per_sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     ).view(shift_labels.shape)
     counts = (shift_labels != -100).sum(dim=1).clamp(min=1)
     return nll.sum(dim=1) / counts
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` in `output_dir` that the Trainer finished writing (trainer_state.json is its last
+    file); folders a kill interrupted are removed so they are never resumed from."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    found = sorted(
+        (p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()),
+        key=lambda p: int(p.name.rsplit("-", 1)[-1]),
+    )
+    complete = [p for p in found if (p / "trainer_state.json").is_file()]
+    for p in found:
+        if p not in complete:
+            logger.warning("Removing %s: a checkpoint whose writing was interrupted.", p)
+            shutil.rmtree(p, ignore_errors=True)
+    return str(complete[-1]) if complete else None
 
 
 class _EpochDataLoader(DataLoader):
@@ -659,7 +679,7 @@ class DPTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if self.args.dp_enabled and resume_from_checkpoint:
             if resume_from_checkpoint is True:
-                resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+                resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
                 if resume_from_checkpoint is None:
                     raise ValueError(
                         f"resume_from_checkpoint=True but no checkpoint in {self.args.output_dir}."
