@@ -81,6 +81,17 @@ def _resume_point(output_dir: Path) -> str | None:
     return last_complete_checkpoint(str(output_dir))
 
 
+def _train_and_save(trainer, tokenizer, output: Path, final: Path, ledger_from: Path | None = None) -> Path:
+    """Train (resuming from the last complete checkpoint), save the model folder, and mark it finished last."""
+    trainer.train(resume_from_checkpoint=_resume_point(output))
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    if ledger_from is not None:
+        PrivacyLedger.load(ledger_from).save(final)
+    atomic_write_text(final / COMPLETE, "finished\n")  # written last: a kill never leaves a "done" model
+    return final
+
+
 def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Give the tokenizer a pad token distinct from eos (the model's new row = mean embedding, as the paper does)."""
     if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
@@ -434,11 +445,7 @@ class Pipeline:
                 processing_class=tokenizer,
                 data_collator=_lm_collator(tokenizer),
             )
-        trainer.train(resume_from_checkpoint=_resume_point(output))
-        trainer.save_model(str(final))
-        tokenizer.save_pretrained(str(final))
-        atomic_write_text(final / COMPLETE, "finished\n")  # written last: a kill never leaves a "done" model
-        return final
+        return _train_and_save(trainer, tokenizer, output, final)
 
     def stage_teacher(self) -> dict[str, Any]:
         c = self.config
@@ -570,13 +577,8 @@ class Pipeline:
                 processing_class=tokenizer,
                 data_collator=_lm_collator(tokenizer),
             )
-        trainer.train(resume_from_checkpoint=_resume_point(output))
-        trainer.save_model(str(final))
-        tokenizer.save_pretrained(str(final))
         # The student inherits the teacher's guarantee (post-processing): same ledger, no new release.
-        PrivacyLedger.load(self.run / "teacher" / "final").save(final)
-        atomic_write_text(final / COMPLETE, "finished\n")  # written last: a kill never leaves a "done" model
-        return final
+        return _train_and_save(trainer, tokenizer, output, final, ledger_from=self.run / "teacher" / "final")
 
     def stage_students(self) -> dict[str, Any]:
         c = self.config
