@@ -10,6 +10,7 @@ interrupted one. `--help` lists every argument.
 """
 
 import json
+import os
 import sys
 
 from hf_dpkd.pipeline import Pipeline
@@ -18,12 +19,30 @@ from hf_dpkd.run_config import parse_run_config
 from hf_dpkd.run_dir import RunDirLockedError, RunDirMismatchError
 
 
+def set_cpu_threads(requested: int | None) -> None:
+    """A single CPU process uses every usable core unless --cpu_threads says otherwise.
+
+    `accelerate launch` with no accelerate config sets OMP_NUM_THREADS=1, which would run the demo on
+    one core of a many-core machine; processes of a multi-process launch keep the launcher's share.
+    """
+    import torch
+
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = requested or usable
+    if threads and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        print(f"using {threads} CPU threads (--cpu_threads to change)", flush=True)
+
+
 def main(argv=None) -> int:
     try:
         config = parse_run_config(argv)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    set_cpu_threads(config.pipeline.cpu_threads)
     pipeline = Pipeline(config)
     try:
         pipeline.run_stages()

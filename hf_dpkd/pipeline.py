@@ -236,6 +236,7 @@ class Pipeline:
         "audit_models",
         "audit_num_records",
         "audit_mope_perturbations",
+        "cpu_threads",
     }
 
     def _check_same_settings(self) -> None:

@@ -42,6 +42,13 @@ class PipelineArguments:
         default=50,
         metadata={"help": "Checkpoint every N optimizer steps (an interrupted stage resumes from it)."},
     )
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "Torch CPU threads of a single-process run (default: every usable core; `accelerate launch` "
+            "without a config would otherwise leave one). Multi-process runs keep the launcher's setting."
+        },
+    )
 
 
 @dataclass
@@ -314,6 +321,10 @@ def validate_run_config(config: RunConfig) -> None:
         raise ValueError(f"--target_delta {p.target_delta}: must lie strictly between 0 and 1 (e.g. 1e-6).")
     if p.accountant not in ("prv", "rdp", "gdp"):
         raise ValueError(f"--accountant {p.accountant!r}: choose prv, rdp or gdp.")
+    if p.cpu_threads is not None and p.cpu_threads < 1:
+        raise ValueError(
+            f"--cpu_threads {p.cpu_threads}: must be >= 1 (or left unset for every usable core)."
+        )
     d = config.data
     if d.control_code_distribution not in ("dp", "uniform", "exact"):
         raise ValueError(
