@@ -118,6 +118,19 @@ def test_left_padded_batches_give_the_same_text_as_one_prompt_at_a_time(teacher,
     assert len({len(tok(FMT.format_prompt(r))["input_ids"]) for r in one}) > 1  # prompts of several lengths
 
 
+def test_max_length_at_the_position_limit_with_left_padding(teacher, tmp_path):
+    """max_length = the model's positions, prompts of several lengths in one batch: the longest-prompt rows
+    must not be pushed past the last position by the padding (they used to index out of range)."""
+    model, tok, _ = teacher
+    greedy = SyntheticGenerationConfig(max_length=model.config.n_positions, top_k=1, num_return_sequences=1)
+    greedy.min_words = 0
+    batched = _gen(model, tok, tmp_path / "b", 18, generation=greedy, batch_size=18, filters=[], shard_size=18)
+    one = _gen(model, tok, tmp_path / "one", 18, generation=greedy, batch_size=1, filters=[], shard_size=18)
+    assert batched.to_list() == one.to_list()
+    for r in batched:
+        assert len(tok(FMT.format_prompt(r) + r["text"])["input_ids"]) <= model.config.n_positions
+
+
 def test_paper_defaults():
     g = SyntheticGenerationConfig()
     assert (

@@ -167,8 +167,9 @@ def _generate_shard(model, tokenizer, fmt, codes, gen: SyntheticGenerationConfig
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        limit = _position_limit(model)
+        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        for batch in (part for b in batches for part in _fit_positions(b, ids, codes, gen.max_length, limit)):
             prompts = [ids[codes[i]] for i in batch]
             width, shortest = max(map(len, prompts)), min(map(len, prompts))
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -207,6 +208,29 @@ def _generate_shard(model, tokenizer, fmt, codes, gen: SyntheticGenerationConfig
             for k, i in enumerate(batch):
                 texts[i] = [t.strip() for t in decoded[k * r : (k + 1) * r]]
     return [{**fmt.record_of(codes[i]), "text": t} for i in range(len(codes)) for t in texts[i]]
+
+
+def _position_limit(model) -> int | None:
+    limit = getattr(model.config, "n_positions", None) or getattr(
+        model.config, "max_position_embeddings", None
+    )
+    return limit if isinstance(limit, int) else None
+
+
+def _fit_positions(batch: list[int], ids, codes, max_length: int, limit: int | None) -> list[list[int]]:
+    """`batch`, or its runs of equal prompt length when left padding would run past the model's positions.
+
+    A batch decodes until its shortest prompt has max_length tokens, so its longest-prompt rows reach
+    position width + max_length - shortest - 1 (their extra tokens are discarded, but the forward still
+    sees them): past `limit`, the position embedding has no row for them.
+    """
+    lengths = [len(ids[codes[i]]) for i in batch]
+    if limit is None or max(lengths) + max_length - min(lengths) <= limit:
+        return [batch]
+    groups: dict[int, list[int]] = {}
+    for i, n in zip(batch, lengths):
+        groups.setdefault(n, []).append(i)
+    return list(groups.values())
 
 
 def _filter_names(filters) -> list[str]:
@@ -288,10 +312,8 @@ def _check_inputs(model, tokenizer, distribution, num_samples, fmt, gen, batch_s
             f"{fmt.format_prompt(fmt.record_of(longest))!r} ({len(lengths[longest])} tokens, the longest prompt); "
             "raise SyntheticGenerationConfig.max_length (it counts the prompt)."
         )
-    limit = getattr(model.config, "n_positions", None) or getattr(
-        model.config, "max_position_embeddings", None
-    )
-    if isinstance(limit, int) and gen.max_length > limit:
+    limit = _position_limit(model)
+    if limit is not None and gen.max_length > limit:
         raise ValueError(
             f"max_length={gen.max_length} exceeds the model's {limit} positions; lower "
             "SyntheticGenerationConfig.max_length."
