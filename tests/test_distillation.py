@@ -236,3 +236,66 @@ def test_distilled_student_beats_ce_only_student(tmp_path, teacher):
         ).train()
         results[name] = perplexity(student, TOK, test, window=16, show_progress=False)["perplexity"]
     assert results["kd"] < results["ce"] * 0.95, results
+
+
+def test_peft_lora_student_trains_adapters_only_and_saves_them(tmp_path, teacher):
+    """A LoRA student: only the adapters move, the saved folder is a PEFT adapter, the base is untouched."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = _model(1, 16, seed=3)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    student = get_peft_model(
+        base,
+        LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True),
+    )
+    lora_before = {n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad}
+    args = DistillationConfig(output_dir=str(tmp_path / "lora"), max_steps=8, **BASE)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=_dataset(_grammar(64, 8)),
+        data_collator=COLLATE,
+    )
+    trainer.train()
+    moved = [
+        n for n, p in student.named_parameters() if p.requires_grad and not torch.equal(p, lora_before[n])
+    ]
+    assert moved and all("lora_" in n for n in moved)
+    trainer.save_model(str(tmp_path / "adapter"))
+    saved = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= saved
+    fresh = _model(1, 16, seed=3)
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the base weights never changed
+    loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter"))
+    ids = torch.tensor([TOK("POS : good food")["input_ids"]])
+    student.eval()
+    torch.testing.assert_close(loaded(input_ids=ids).logits, student(input_ids=ids).logits)
+
+
+def test_bf16_distillation_with_a_bf16_teacher(tmp_path, teacher):
+    """bf16 autocast (CPU) with the teacher stored in bf16: finite losses computed in float32, and it learns."""
+    bf16_teacher = _model(2, 32, seed=1)
+    bf16_teacher.load_state_dict(teacher.state_dict())
+    bf16_teacher.to(torch.bfloat16)
+    student = _model(1, 16, seed=3)
+    data = _dataset(_grammar(128, 9))
+    args = DistillationConfig(
+        output_dir=str(tmp_path / "bf16"),
+        max_steps=30,
+        bf16=True,
+        **{**BASE, "logging_strategy": "steps", "logging_steps": 5},
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=bf16_teacher, args=args, train_dataset=data, data_collator=COLLATE
+    )
+    assert next(trainer.teacher.parameters()).dtype == torch.bfloat16
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+    # kd computed in float32 even from bf16 logits
+    batch = COLLATE([data[i] for i in range(4)])
+    ce, kd, _, counts, _, _ = trainer._loss_terms(student, batch, need_hidden=False)
+    assert kd.dtype == torch.float32 and torch.isfinite(kd).all()

@@ -28,6 +28,7 @@ from hf_dpkd.trainers.losses import (
     kd_divergence_topk,
     resolve_layer_map,
 )
+from hf_dpkd.trainers.teacher_placement import place_teacher
 
 TOPK_INDICES, TOPK_LOGPROBS = "teacher_topk_indices", "teacher_topk_logprobs"
 
@@ -117,11 +118,7 @@ class DistillationTrainer(DPTrainer):
             pairs = resolve_layer_map(args.layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
             self.projections = HiddenProjections(pairs, s_cfg.hidden_size, t_cfg.hidden_size)
         super().__init__(model=model, args=args, **kw)
-        self.teacher = teacher_model
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.teacher.eval()
-        self.teacher.to(device=self.args.device)
+        self.teacher = place_teacher(teacher_model, self)
         if self.projections is not None:
             self.projections.to(self.args.device)
         self.loss_is_scaled_for_ga = True  # compute_loss divides by num_items_in_batch itself
@@ -143,8 +140,9 @@ class DistillationTrainer(DPTrainer):
 
     @staticmethod
     def _check_vocab(student, teacher) -> None:
-        s = student.get_output_embeddings().weight.shape[0]
-        t = teacher.get_output_embeddings().weight.shape[0]
+        # ds_shape: the full shape of a parameter partitioned by ZeRO-3 (its .shape is then empty)
+        s = getattr(w := student.get_output_embeddings().weight, "ds_shape", w.shape)[0]
+        t = getattr(w := teacher.get_output_embeddings().weight, "ds_shape", w.shape)[0]
         if s != t:
             raise ValueError(
                 f"Teacher and student vocabularies differ (teacher {t} rows, student {s} rows): soft labels need one "
