@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -22,11 +23,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on the device of {str(path.parent)!r} while writing {path.name!r}. Nothing was "
+                "half-written; free some space (or choose another output/run directory) and re-run the same "
+                "command: finished work is kept.",
+            ) from e
         raise
     return path
 

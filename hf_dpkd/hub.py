@@ -628,3 +628,34 @@ def push_folder_to_hub(
             stage=stage,
         ) from exc
     return str(url)
+
+
+def resolve_artifact(
+    reference: str, *, argument: str, repo_type: str = "model", token: str | None = None
+) -> Path:
+    """A local folder for `reference`: the folder itself, or a snapshot of the Hub repo it names.
+
+    `argument` names the option in errors. Downloads go to the Hugging Face cache (`HF_HOME`), so a
+    second run reuses them.
+    """
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"--{argument} {reference!r} is a file; give the folder that holds it, or a Hub id.")
+    try:
+        validate_repo_id(reference)
+    except ValueError:
+        raise FileNotFoundError(
+            f"--{argument} {reference!r}: no such folder, and not a Hub id ('namespace/name'). Give a folder "
+            "written by the pipeline or the id of a repo it pushed."
+        ) from None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=reference, repo_type=repo_type, token=token))
+    except Exception as e:  # the client's errors name the HTTP status; keep them, add the argument
+        raise FileNotFoundError(
+            f"--{argument} {reference!r}: could not download this {repo_type} repo from the Hub ({type(e).__name__}: "
+            f"{e}). Check the id, your token (--hub_token or `hf auth login`) and HF_ENDPOINT."
+        ) from e

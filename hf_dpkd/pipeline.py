@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
@@ -81,13 +82,15 @@ def _resume_point(output_dir: Path) -> str | None:
     return last_complete_checkpoint(str(output_dir))
 
 
-def _train_and_save(trainer, tokenizer, output: Path, final: Path, ledger_from: Path | None = None) -> Path:
+def _train_and_save(
+    trainer, tokenizer, output: Path, final: Path, ledger: PrivacyLedger | None = None
+) -> Path:
     """Train (resuming from the last complete checkpoint), save the model folder, and mark it finished last."""
     trainer.train(resume_from_checkpoint=_resume_point(output))
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
-    if ledger_from is not None:
-        PrivacyLedger.load(ledger_from).save(final)
+    if ledger is not None:
+        ledger.save(final)
     atomic_write_text(final / COMPLETE, "finished\n")  # written last: a kill never leaves a "done" model
     return final
 
@@ -104,23 +107,36 @@ def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_model_and_tokenizer(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model_and_tokenizer(
+    path: str | Path, argument: str = "model"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a folder or a Hub id, with a clear error for a bad path."""
     path = str(path)
     if (path.startswith((".", "/")) or os.sep in path and not _looks_like_hub_id(path)) and not Path(
         path
     ).exists():
         raise FileNotFoundError(
-            f"Model path {path!r} does not exist; give a local folder or a Hub id (namespace/name)."
+            f"--{argument} {path!r}: no such folder; give a local model folder or a Hub id (namespace/name)."
         )
     tokenizer = AutoTokenizer.from_pretrained(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path)
     except ValueError as e:
+        kind = type(AutoConfig.from_pretrained(path)).__name__
         raise ValueError(
-            f"{path!r} is not a causal language model ({e}); DistilDP needs decoder-only LMs."
+            f"--{argument} {path!r} is not a causal language model (a {kind}, which AutoModelForCausalLM "
+            "cannot load); DistilDP needs a decoder-only LM (e.g. a GPT-2, Llama or Qwen checkpoint)."
         ) from e
     return model, tokenizer
+
+
+def _check_splits(private: DatasetDict, name: str) -> None:
+    for split in ("train", "test"):
+        if split not in private or len(private[split]) == 0:
+            raise ValueError(
+                f"--dataset {name!r} has no (or an empty) {split!r} split; give train and test data "
+                "(files named train.* and test.*, or a Hub dataset with both splits)."
+            )
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -131,18 +147,18 @@ def _tokenize_for_lm(dataset: Dataset, tokenizer, fmt, max_length: int, mask_pro
     """Format each record as control-code prompt + text + eos and tokenize (truncated to `max_length`).
 
     With `mask_prompt` the prompt tokens get label -100 (students learn the text given the codes).
+    Truncated records are counted and reported: a large share means --max_length is too small.
     """
     eos = tokenizer.eos_token or ""
     columns = list(dataset.column_names)
 
     def encode(batch):
-        out = {"input_ids": [], "attention_mask": [], "labels": []}
+        out = {"input_ids": [], "attention_mask": [], "labels": [], TRUNCATED: []}
         for i in range(len(batch["text"])):
             record = {c: batch[c][i] for c in columns}
             prompt = fmt.format_prompt(record)
-            ids = tokenizer(prompt + record["text"] + eos, truncation=True, max_length=max_length)[
-                "input_ids"
-            ]
+            full = tokenizer(prompt + record["text"] + eos)["input_ids"]
+            ids = full[:max_length]
             labels = list(ids)
             if mask_prompt:
                 n = min(len(tokenizer(prompt)["input_ids"]), len(ids) - 1)
@@ -150,9 +166,23 @@ def _tokenize_for_lm(dataset: Dataset, tokenizer, fmt, max_length: int, mask_pro
             out["input_ids"].append(ids)
             out["attention_mask"].append([1] * len(ids))
             out["labels"].append(labels)
+            out[TRUNCATED].append(len(full) > max_length)
         return out
 
-    return dataset.map(encode, batched=True, remove_columns=columns, desc="tokenizing")
+    encoded = dataset.map(encode, batched=True, remove_columns=columns, desc="tokenizing")
+    truncated = int(sum(encoded[TRUNCATED]))
+    if truncated:
+        logger.warning(
+            "%d of %d texts are longer than max_length=%d tokens with their control codes and were truncated "
+            "(raise --max_length to keep them whole).",
+            truncated,
+            len(encoded),
+            max_length,
+        )
+    return encoded.remove_columns(TRUNCATED)
+
+
+TRUNCATED = "_truncated"
 
 
 def _lm_collator(tokenizer):
@@ -171,6 +201,7 @@ class Pipeline:
         self.run = RunDir(config.pipeline.run_dir)
         self._data: DatasetDict | None = None
         self._fmt = None
+        self._resolved: dict[str, Path] = {}
 
     # -- shared artifacts -------------------------------------------------------------------------
     @property
@@ -201,6 +232,46 @@ class Pipeline:
 
     def ledger_for(self, path: Path) -> PrivacyLedger | None:
         return PrivacyLedger.load(path) if (path / "privacy_ledger.json").is_file() else None
+
+    def _given(self, argument: str, reference: str, repo_type: str) -> Path:
+        """A folder for an artifact given by --argument (a local folder or a Hub id, downloaded once)."""
+        if argument not in self._resolved:
+            from hf_dpkd.hub import resolve_artifact
+
+            folder = resolve_artifact(
+                reference, argument=argument, repo_type=repo_type, token=self.config.hub.hub_token
+            )
+            if not (folder / "privacy_ledger.json").is_file():
+                raise ValueError(
+                    f"--{argument} {reference!r} has no privacy_ledger.json: it was not written by this project's "
+                    "DP stages, so its guarantee is unknown. Give a DP teacher / synthetic dataset made by them."
+                )
+            self._resolved[argument] = folder
+        return self._resolved[argument]
+
+    def teacher_dir(self) -> Path:
+        """The DP teacher: --dp_teacher when given, else the one this run trains."""
+        given = self.config.teacher.dp_teacher
+        return self._given("dp_teacher", given, "model") if given else self.run / "teacher" / "final"
+
+    def synthetic_dir(self) -> Path:
+        """The DP synthetic data: --synthetic_data when given, else the one this run generates."""
+        given = self.config.generation.synthetic_data
+        return self._given("synthetic_data", given, "dataset") if given else self.run / "synthetic"
+
+    def _composed(self, *folders: Path) -> PrivacyLedger:
+        """The ledgers of `folders` composed (a release shared by several counts once), at this run's delta."""
+        ledger = PrivacyLedger(accountant=self.config.pipeline.accountant, delta=self.delta())
+        for folder in folders:
+            ledger = ledger.compose(PrivacyLedger.load(folder))
+        return ledger
+
+    def teacher_ledger(self) -> PrivacyLedger:
+        """What generation from the teacher costs: the teacher's releases and this run's histogram."""
+        folders = [self.teacher_dir()]
+        if (self.run / "histogram" / "privacy_ledger.json").is_file():
+            folders.append(self.run / "histogram")
+        return self._composed(*folders)
 
     # -- stage runner -----------------------------------------------------------------------------
     def run_stages(self) -> dict[str, Any]:
@@ -242,8 +313,8 @@ class Pipeline:
     def _check_same_settings(self) -> None:
         """Refuse to continue a run directory produced with other settings (its finished stages would be stale)."""
         previous = self.run / "config.json"
-        if not previous.is_file():
-            return
+        if not previous.is_file() or not any((self.run / "stages").glob("*.json")):
+            return  # nothing finished yet: a run that failed on bad input is re-run with the fixed settings
         old = json.loads(previous.read_text())
         new = json.loads(json.dumps(self.config.to_dict()))
         changed = sorted(k for k in new if k not in self._NEUTRAL and k in old and old[k] != new[k])
@@ -298,8 +369,16 @@ class Pipeline:
                 c.data.dataset, text_column=c.data.text_column, control_columns=controls
             )
             info["control_fields"] = [list(x) for x in control_fields]
-            for which, source in (("teacher", c.teacher.teacher_model), ("student", c.teacher.student_model)):
-                model, tokenizer = load_model_and_tokenizer(source)
+            _check_splits(private, c.data.dataset)
+            # both models load (and fail on a bad path) before anything is written
+            bases = {
+                which: load_model_and_tokenizer(source, argument=f"{which}_model")
+                for which, source in (
+                    ("teacher", c.teacher.teacher_model),
+                    ("student", c.teacher.student_model),
+                )
+            }
+            for which, (model, tokenizer) in bases.items():
                 ensure_pad_token(model, tokenizer)
                 model.save_pretrained(self.base_path(which))
                 tokenizer.save_pretrained(self.base_path(which))
@@ -311,9 +390,7 @@ class Pipeline:
             private["train"] = private["train"].select(
                 range(min(c.data.max_train_samples, len(private["train"])))
             )
-        for split in ("train", "test"):
-            if split not in private or len(private[split]) == 0:
-                raise ValueError(f"The dataset {c.data.dataset!r} has no (or an empty) {split!r} split.")
+        _check_splits(private, c.data.dataset)
         private.save_to_disk(str(self.data_dir))
         mark_private_data(self.data_dir)
         info["sizes"] = {k: len(v) for k, v in private.items()}
@@ -451,16 +528,11 @@ class Pipeline:
     def stage_teacher(self) -> dict[str, Any]:
         c = self.config
         result: dict[str, Any] = {}
-        final = self._train_private(
-            self.base_path("teacher"),
-            self.run / "teacher",
-            epochs=c.teacher.teacher_epochs,
-            learning_rate=c.teacher.teacher_learning_rate,
-            target_epsilon=c.pipeline.target_epsilon,
-            prior_ledger=self.run / "histogram",
-            release_name="teacher_dp_sgd",
-        )
-        result["teacher_epsilon"] = PrivacyLedger.load(final).epsilon()
+        if c.teacher.dp_teacher:
+            result["teacher_source"] = c.teacher.dp_teacher
+            result["teacher_epsilon"] = PrivacyLedger.load(self.teacher_dir()).epsilon(self.delta())
+        else:
+            result["teacher_epsilon"] = self._train_dp_teacher()
         if "non_private_teacher" in c.method_list:
             self._train_private(
                 self.base_path("teacher"),
@@ -471,13 +543,35 @@ class Pipeline:
             )
         return result
 
+    def _train_dp_teacher(self) -> float:
+        c = self.config
+        final = self._train_private(
+            self.base_path("teacher"),
+            self.run / "teacher",
+            epochs=c.teacher.teacher_epochs,
+            learning_rate=c.teacher.teacher_learning_rate,
+            target_epsilon=c.pipeline.target_epsilon,
+            prior_ledger=self.run / "histogram",
+            release_name="teacher_dp_sgd",
+        )
+        return PrivacyLedger.load(final).epsilon()
+
     # -- stage: generate --------------------------------------------------------------------------
     def stage_generate(self) -> dict[str, Any]:
         from hf_dpkd.hub import write_dataset_card
-        from hf_dpkd.synthetic.generation import SyntheticGenerationConfig, generate_synthetic_dataset
+        from hf_dpkd.synthetic.generation import (
+            SyntheticGenerationConfig,
+            generate_synthetic_dataset,
+            load_synthetic_dataset,
+        )
 
         c, g = self.config, self.config.generation
-        teacher_dir = self.run / "teacher" / "final"
+        if g.synthetic_data:
+            return {
+                "source": g.synthetic_data,
+                "num_samples": len(load_synthetic_dataset(self.synthetic_dir())),
+            }
+        teacher_dir = self.teacher_dir()
         model, tokenizer = load_model_and_tokenizer(teacher_dir)
         gen = SyntheticGenerationConfig(
             top_k=g.top_k,
@@ -499,7 +593,7 @@ class Pipeline:
             seed=c.pipeline.seed,
             batch_size=g.generation_batch_size,
         )
-        ledger = PrivacyLedger.load(teacher_dir)
+        ledger = self.teacher_ledger()
         ledger.save(out)
         write_dataset_card(
             out,
@@ -520,7 +614,7 @@ class Pipeline:
     def synthetic(self) -> Dataset:
         from hf_dpkd.synthetic.generation import load_synthetic_dataset
 
-        return load_synthetic_dataset(self.run / "synthetic")
+        return load_synthetic_dataset(self.synthetic_dir())
 
     # -- stage: students --------------------------------------------------------------------------
     def _train_on_synthetic(self, method: str, output: Path) -> Path:
@@ -554,7 +648,7 @@ class Pipeline:
                 data_collator=_lm_collator(tokenizer),
             )
         else:
-            teacher, _ = load_model_and_tokenizer(self.run / "teacher" / "final")
+            teacher, _ = load_model_and_tokenizer(self.teacher_dir())
             extra = {}
             if method == "on_policy":
                 extra = {
@@ -578,8 +672,10 @@ class Pipeline:
                 processing_class=tokenizer,
                 data_collator=_lm_collator(tokenizer),
             )
-        # The student inherits the teacher's guarantee (post-processing): same ledger, no new release.
-        return _train_and_save(trainer, tokenizer, output, final, ledger_from=self.run / "teacher" / "final")
+        # Post-processing: the student inherits the guarantee of what it saw (the synthetic data, plus the
+        # teacher's soft labels for KD), composed, with no new release.
+        sources = [self.synthetic_dir()] + ([self.teacher_dir()] if method != "dp_syn_data" else [])
+        return _train_and_save(trainer, tokenizer, output, final, ledger=self._composed(*sources))
 
     def stage_students(self) -> dict[str, Any]:
         c = self.config
@@ -626,12 +722,13 @@ class Pipeline:
     # -- stage: evaluate --------------------------------------------------------------------------
     def model_dirs(self) -> dict[str, Path]:
         dirs = {
-            "teacher": self.run / "teacher" / "final",
+            "teacher": self.teacher_dir(),
             "non_private_teacher": self.run / "non_private_teacher" / "final",
         }
         for m in STUDENT_METHODS:
             dirs[m] = self.run / "students" / m / "final"
-        return {k: v for k, v in dirs.items() if (v / COMPLETE).is_file()}
+        given = {"teacher"} if self.config.teacher.dp_teacher else set()  # a pushed folder has no marker
+        return {k: v for k, v in dirs.items() if k in given or (v / COMPLETE).is_file()}
 
     def stage_evaluate(self) -> dict[str, Any]:
         from hf_dpkd.evaluation import perplexity

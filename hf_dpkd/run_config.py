@@ -87,6 +87,14 @@ class DataArguments:
 
 @dataclass
 class TeacherArguments:
+    dp_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "A DP teacher trained earlier by this project (its folder, or the Hub id it was pushed to, "
+            "with privacy_ledger.json): the teacher stage uses it instead of training one; its ledger is "
+            "composed with this run's releases."
+        },
+    )
     teacher_model: str = field(
         default="demo",
         metadata={"help": "'demo' (a small GPT-2 pretrained on the public split), a path or Hub id."},
@@ -119,6 +127,14 @@ class TeacherArguments:
 
 @dataclass
 class GenerationArguments:
+    synthetic_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "DP synthetic data made earlier by this project (the generate stage's folder, or the Hub "
+            "dataset id it was pushed to): the generate stage uses it instead of sampling; the students "
+            "inherit its ledger."
+        },
+    )
     num_synthetic_samples: int = field(default=4000, metadata={"help": "Synthetic texts to generate."})
     generation_batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch."})
     top_k: int = field(default=50, metadata={"help": "Sampling top-k (paper: 50)."})
@@ -270,6 +286,25 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _typed_recipe(parser: HfArgumentParser, recipe: dict[str, Any], path: str | None) -> dict[str, Any]:
+    """Recipe values converted as the command line converts them (a YAML `seed: abc` fails like `--seed abc`)."""
+    actions = {a.dest: a for a in parser._actions}
+    typed = {}
+    for key, value in recipe.items():
+        convert = actions[key].type
+        if value is None or not callable(convert):
+            typed[key] = value
+            continue
+        try:
+            typed[key] = convert(str(value).lower() if isinstance(value, bool) else str(value))
+        except (TypeError, ValueError):
+            kind = getattr(convert, "__name__", "value")
+            raise ValueError(
+                f"--config {path}: {key}: {value!r} is not a valid {kind}; fix the recipe (see --help for {key})."
+            ) from None
+    return typed
+
+
 def parse_run_config(argv: list[str] | None = None) -> RunConfig:
     """Parse defaults < --quick preset < YAML recipe (--config) < command-line flags into a RunConfig."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -295,7 +330,7 @@ def parse_run_config(argv: list[str] | None = None) -> RunConfig:
     )
     if quick:
         parser.set_defaults(**QUICK)
-    parser.set_defaults(**recipe)
+    parser.set_defaults(**_typed_recipe(parser, recipe, config_path))
     parts = parser.parse_args_into_dataclasses(args=argv)
     config = RunConfig(*parts)
     validate_run_config(config)
@@ -357,6 +392,23 @@ def validate_run_config(config: RunConfig) -> None:
         raise ValueError(f"--kd_lambda {s.kd_lambda}: must lie in [0, 1] (paper: 0.4).")
     if not s.kd_temperature > 0:
         raise ValueError(f"--kd_temperature {s.kd_temperature}: must be > 0 (paper: 1.0).")
+    for name, value in (("dp_teacher", t.dp_teacher), ("synthetic_data", g.synthetic_data)):
+        if value is not None and not Path(value).expanduser().exists():
+            from hf_dpkd.hub import validate_repo_id
+
+            try:
+                validate_repo_id(value)
+            except ValueError:
+                raise ValueError(
+                    f"--{name} {value!r}: no such folder, and not a Hub id ('namespace/name'); give a folder "
+                    "written by the pipeline or the id of a repo it pushed."
+                ) from None
+    for push, given in (("push_teacher", "dp_teacher"), ("push_synthetic", "synthetic_data")):
+        if getattr(config.hub, push) and (t.dp_teacher if given == "dp_teacher" else g.synthetic_data):
+            raise ValueError(
+                f"--{push} with --{given}: this run did not make that artifact; push it from the run that did "
+                f"(or drop --{push})."
+            )
     for name in ("push_teacher", "push_synthetic", "push_student"):
         repo = getattr(config.hub, name)
         if repo is not None:

@@ -18,3 +18,17 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """One finished `--quick` pipeline run, shared by every test that needs one: (run_dir, process, seconds)."""
+    import time
+
+    from tests.pipeline_runs import run_quick
+
+    run_dir = tmp_path_factory.mktemp("quick") / "run"
+    start = time.time()
+    proc = run_quick(run_dir)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run_dir, proc, time.time() - start

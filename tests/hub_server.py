@@ -157,6 +157,7 @@ class HubServer:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[RequestRecord] = []
         self._failures: dict[str, list[int]] = {}
+        self.request_delay = 0.0  # seconds each request waits before it is handled (to kill a push mid-way)
         self._lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -334,6 +335,8 @@ class _Handler(BaseHTTPRequestHandler):
         kind = "unknown"
         # Consume the body first: on a kept-alive connection an unread body would corrupt the next request.
         self._body = self._read_body() if method in ("POST", "PUT") else b""
+        if self.hub.request_delay:
+            time.sleep(self.hub.request_delay)
         try:
             kind, handler, args = self._route(method, segments)
             injected = self.hub._take_failure(kind)

@@ -99,3 +99,32 @@ def test_default_delta_is_below_one_over_n():
 def test_bad_accounting_inputs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         compute_epsilon(**kwargs)
+
+
+def test_compose_counts_a_shared_release_once_and_distinct_draws_twice():
+    from hf_dpkd.privacy.histogram import dp_control_code_distribution
+    from hf_dpkd.synthetic.control_codes import ControlCodeFormat
+
+    fmt = ControlCodeFormat(fields=(("label", "Label"),))
+    data = {"label": ["a", "b", "a"], "text": ["x", "y", "z"]}
+    teacher = PrivacyLedger(delta=1e-5)
+    dp_control_code_distribution(data, fmt, 10.0, teacher, domain={"label": ["a", "b"]}, seed=None)
+    teacher.record("teacher_dp_sgd", 1.0, 0.01, 100, seed=0)
+    synthetic = PrivacyLedger.from_dict(teacher.to_dict())  # the ledger copied next to the generated data
+    both = teacher.compose(synthetic)
+    assert both.to_dict() == teacher.to_dict()
+    # another run: a fresh histogram draw and a DP-SGD run with another seed are new releases
+    other = PrivacyLedger(delta=1e-5)
+    dp_control_code_distribution(data, fmt, 10.0, other, domain={"label": ["a", "b"]}, seed=None)
+    other.record("teacher_dp_sgd", 1.0, 0.01, 100, seed=1)
+    composed = teacher.compose(other)
+    assert [r.name for r in composed.releases] == [
+        "control_code_histogram",
+        "teacher_dp_sgd",
+        "control_code_histogram#2",
+        "teacher_dp_sgd#2",
+    ]
+    reference = compute_epsilon([r.history_entry() for r in teacher.releases + other.releases], 1e-5, "prv")
+    assert composed.epsilon() == pytest.approx(reference, rel=1e-12)
+    assert composed.epsilon() > teacher.epsilon()
+    assert teacher.compose(PrivacyLedger()).to_dict() == teacher.to_dict()

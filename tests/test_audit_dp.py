@@ -15,7 +15,9 @@ def _train_and_audit(tmp_path, seed: int, **dp_kwargs) -> dict:
     tok = _byte_tokenizer()
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(
-        GPT2Config(vocab_size=257, n_positions=64, n_embd=64, n_layer=2, n_head=2, bos_token_id=256, eos_token_id=256)
+        GPT2Config(
+            vocab_size=257, n_positions=64, n_embd=64, n_layer=2, n_head=2, bos_token_id=256, eos_token_id=256
+        )
     )
     canaries = make_audit_canaries(80, seed=seed, num_words=5)
     rng = np.random.default_rng(seed)
@@ -23,14 +25,30 @@ def _train_and_audit(tmp_path, seed: int, **dp_kwargs) -> dict:
         {"text": [" ".join(rng.choice(["good food", "slow service", "nice staff"], 3)) for _ in range(40)]}
     )
     train = insert_audit_canaries(corpus, canaries, seed=seed)
-    train = train.map(lambda b: tok(b["text"], truncation=True, max_length=64), batched=True, remove_columns=["text"])
-    args = DPConfig(
-        output_dir=str(tmp_path), num_train_epochs=40, per_device_train_batch_size=16, learning_rate=3e-3,
-        lr_scheduler_type="constant", save_strategy="no", report_to=[], logging_strategy="no", use_cpu=True,
-        disable_tqdm=True, seed=seed, max_physical_batch_size=16, **dp_kwargs,
+    train = train.map(
+        lambda b: tok(b["text"], truncation=True, max_length=64), batched=True, remove_columns=["text"]
     )
-    trainer = DPTrainer(model=model, args=args, train_dataset=train,
-                        data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    args = DPConfig(
+        output_dir=str(tmp_path),
+        num_train_epochs=40,
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        report_to=[],
+        logging_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=seed,
+        max_physical_batch_size=16,
+        **dp_kwargs,
+    )
+    trainer = DPTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+    )
     trainer.train()
     result = audit_epsilon(model, tok, canaries, num_positive=20, num_negative=20, show_progress=False)
     result["claimed_epsilon"] = trainer.privacy_report()["epsilon"]

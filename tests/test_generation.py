@@ -124,7 +124,9 @@ def test_max_length_at_the_position_limit_with_left_padding(teacher, tmp_path):
     model, tok, _ = teacher
     greedy = SyntheticGenerationConfig(max_length=model.config.n_positions, top_k=1, num_return_sequences=1)
     greedy.min_words = 0
-    batched = _gen(model, tok, tmp_path / "b", 18, generation=greedy, batch_size=18, filters=[], shard_size=18)
+    batched = _gen(
+        model, tok, tmp_path / "b", 18, generation=greedy, batch_size=18, filters=[], shard_size=18
+    )
     one = _gen(model, tok, tmp_path / "one", 18, generation=greedy, batch_size=1, filters=[], shard_size=18)
     assert batched.to_list() == one.to_list()
     for r in batched:

@@ -7,41 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import pytest
 
 from hf_dpkd.hub import card_epsilon
 from hf_dpkd.privacy.accounting import PrivacyLedger
 from tests.hub_server import HubServer, hub_fixture  # noqa: F401  (the `hub` fixture)
-
-ROOT = Path(__file__).parents[1]
-SCRIPT = ROOT / "examples" / "run_dpkd.py"
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-def _run(run_dir: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-    }  # read now: fixtures may set the Hub's
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--run_dir", str(run_dir), *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("quick") / "run"
-    start = time.time()
-    proc = _run(run_dir)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return run_dir, proc, time.time() - start
+from tests.pipeline_runs import quick_command, quick_env
+from tests.pipeline_runs import run_quick as _run
 
 
 def test_quick_run_produces_every_artifact(quick_run):
@@ -105,8 +76,8 @@ def test_killed_during_distillation_resumes_to_the_same_results(quick_run, tmp_p
         (run_dir / "stages" / f"{stage}.json").unlink()
     (run_dir / "results.json").unlink()
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--quick", "--run_dir", str(run_dir)],
-        env=ENV,
+        quick_command(run_dir),
+        env=quick_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -190,3 +161,42 @@ def test_push_teacher_synthetic_and_student_then_load_without_hf_dpkd(quick_run,
         readme = run_dir / local / "README.md"
         assert math.isclose(card_epsilon(readme), PrivacyLedger.load(run_dir / local).epsilon(), rel_tol=1e-3)
     assert not any("private" in str(p) for p in hub.files("demo-user/dp-synthetic", "dataset", "main"))
+
+    # A later run reuses the pushed DP teacher and synthetic data by Hub id: no teacher training, no
+    # generation, and the student's ledger composes the teacher's, the data's and this run's histogram.
+    reuse = tmp_path / "reuse"
+    proc = _run(
+        reuse,
+        "--stages",
+        "data,histogram,teacher,generate,students",
+        "--methods",
+        "distildp",
+        "--dp_teacher",
+        "demo-user/dp-teacher",
+        "--synthetic_data",
+        "demo-user/dp-synthetic",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not (reuse / "teacher").exists() and not (reuse / "synthetic").exists()
+    assert json.loads((reuse / "stages" / "generate.json").read_text())["source"] == "demo-user/dp-synthetic"
+    student = PrivacyLedger.load(reuse / "students" / "distildp" / "final")
+    original = PrivacyLedger.load(run_dir / "students" / "distildp" / "final")
+    names = sorted(r.name for r in student.releases)
+    # the original run's histogram and teacher releases once each (shared by teacher and data)...
+    assert [r for r in student.releases if r.name in {o.name for o in original.releases}] == original.releases
+    # ...and nothing else: this run's own histogram only reaches generation, which was skipped
+    assert names == sorted(r.name for r in original.releases), names
+    assert math.isclose(student.epsilon(), original.epsilon(), rel_tol=1e-9)
+
+
+def test_given_teacher_or_synthetic_data_must_exist_and_carry_a_ledger(quick_run, tmp_path):
+    run_dir, _, _ = quick_run
+    proc = _run(tmp_path / "a", "--synthetic_data", str(tmp_path / "missing"))
+    assert proc.returncode == 2 and "--synthetic_data" in proc.stderr and "no such folder" in proc.stderr
+    assert not (tmp_path / "a").exists()
+    proc = _run(tmp_path / "b", "--dp_teacher", str(run_dir / "teacher" / "final"), "--push_teacher", "u/t")
+    assert proc.returncode == 2 and "--push_teacher with --dp_teacher" in proc.stderr
+    no_ledger = tmp_path / "plain"
+    no_ledger.mkdir()
+    proc = _run(tmp_path / "c", "--stages", "data,histogram,teacher", "--dp_teacher", str(no_ledger))
+    assert proc.returncode != 0 and "--dp_teacher" in proc.stderr and "privacy_ledger.json" in proc.stderr

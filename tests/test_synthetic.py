@@ -264,4 +264,3 @@ def test_resume_after_sigkill(tmp_path):
     )
     assert "ROWS 60" in clean.stdout
     assert load_synthetic_dataset(out).to_list() == load_synthetic_dataset(tmp_path / "clean").to_list()
-

@@ -205,6 +205,25 @@ class PrivacyLedger:
         self.releases.append(release)
         return release
 
+    def compose(self, other: PrivacyLedger) -> PrivacyLedger:
+        """A ledger with the releases of both: the cost of using artifacts protected by either one.
+
+        A release found in both (every field equal, as when a teacher's ledger was copied to the synthetic
+        data it generated) is one release, counted once; any other release is added, renamed with a suffix
+        if its name is taken. Releases with fresh noise carry a draw id, so two draws never look equal;
+        DP-SGD releases are equal only when seed, settings and data size are, i.e. the same training run.
+        """
+        out = PrivacyLedger(self.accountant, self.delta, [Release(**asdict(r)) for r in self.releases])
+        seen = [asdict(r) for r in self.releases]
+        for r in other.releases:
+            if asdict(r) in seen:
+                continue
+            name, k = r.name, 2
+            while out.get(name) is not None:
+                name, k = f"{r.name}#{k}", k + 1
+            out.releases.append(Release(**{**asdict(r), "name": name}))
+        return out
+
     def get(self, name: str) -> Release | None:
         return next((r for r in self.releases if r.name == name), None)
 
@@ -262,6 +281,11 @@ class PrivacyLedger:
         path = Path(path)
         if path.is_dir():
             path = path / LEDGER_FILENAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No privacy ledger at {str(path)!r}: give a folder written by DPTrainer or by the pipeline's DP "
+                f"stages (they hold {LEDGER_FILENAME}), or the path of that file."
+            )
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
     @classmethod

@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import logging
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -241,6 +242,8 @@ def dp_control_code_distribution(
         sensitivity=1.0,
         num_codes=len(codes),
         domain_from_private_data=from_private,
+        # fresh noise: each call is a distinct release, even with the same settings (see PrivacyLedger.compose)
+        **({"noise_draw": uuid.uuid4().hex} if seed is None else {"noise_seed": seed}),
     )
     return ControlCodeDistribution(fmt.columns, codes, clipped.tolist(), "dp", meta)
 

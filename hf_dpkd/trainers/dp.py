@@ -531,6 +531,7 @@ class DPTrainer(Trainer):
             expected_batch_size=self.dp_expected_batch_size,
             num_examples=self.dp_num_examples,
             privacy_unit=PRIVACY_UNIT,
+            seed=self.args.seed,  # sampling and noise derive from it: tells two runs apart in a composed ledger
         )
 
     # -- the DP step ------------------------------------------------------------------------------
