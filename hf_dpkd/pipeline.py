@@ -76,6 +76,10 @@ def _training_args(output_dir: Path, config: RunConfig, **kwargs) -> dict[str, A
     return base
 
 
+#: Non-private training batches texts of similar length (less padding); DP-SGD keeps Poisson sampling.
+LENGTH_GROUPED = "group_by_length"
+
+
 def _resume_point(output_dir: Path) -> str | None:
     from hf_dpkd.trainers.dp import last_complete_checkpoint
 
@@ -470,6 +474,7 @@ class Pipeline:
         )
         if target_epsilon is None:
             common["per_device_train_batch_size"] = min(64, c.teacher.teacher_batch_size)
+            common["train_sampling_strategy"] = LENGTH_GROUPED
             trainer = Trainer(
                 model=model,
                 args=TrainingArguments(**common),
@@ -636,6 +641,7 @@ class Pipeline:
             num_train_epochs=s.student_epochs,
             learning_rate=s.student_learning_rate,
             per_device_train_batch_size=s.student_batch_size,
+            train_sampling_strategy=LENGTH_GROUPED,
         )
         if method == "on_policy":
             common["num_train_epochs"] = s.on_policy_epochs

@@ -27,7 +27,7 @@ class PipelineArguments:
         default="all", metadata={"help": f"Comma-separated stages to run, or 'all': {', '.join(STAGES)}."}
     )
     methods: str = field(
-        default="non_private_teacher,distildp,dp_syn_data,dp_sgd_student,on_policy",
+        default="distildp,dp_syn_data,dp_sgd_student",
         metadata={"help": f"Comma-separated methods to train and compare: {', '.join(METHODS)}."},
     )
     quick: bool = field(default=False, metadata={"help": "A smoke run: tiny data, models and step counts."})
