@@ -311,6 +311,7 @@ class Pipeline:
         "audit_models",
         "audit_num_records",
         "audit_mope_perturbations",
+        "audit_canary_candidates",
         "cpu_threads",
     }
 
@@ -818,7 +819,10 @@ class Pipeline:
                 "meta": {"model": name, "path": str(dirs[name]), "epsilon": self._epsilon_of(dirs[name])},
             }
             if canaries:
-                result["canaries"] = canary_exposures(model, tokenizer, canaries)
+                n = c.audit.audit_canary_candidates
+                result["canaries"] = canary_exposures(
+                    model, tokenizer, canaries, exact_limit=n, num_samples=n
+                )
             write_audit_report(result, self.run / "audit" / name)
             summary["models"][name] = {
                 "epsilon": result["meta"]["epsilon"],

@@ -104,7 +104,7 @@ class TeacherArguments:
         metadata={"help": "'demo' (a smaller GPT-2 pretrained on the public split), a path or Hub id."},
     )
     pretrain_steps: int = field(
-        default=300, metadata={"help": "Demo only: public pretraining steps per base model."}
+        default=200, metadata={"help": "Demo only: public pretraining steps per base model."}
     )
     teacher_epochs: float = field(default=3.0, metadata={"help": "DP-SGD epochs of the teacher."})
     teacher_learning_rate: float = field(default=2e-3, metadata={"help": "Teacher learning rate."})
@@ -180,6 +180,13 @@ class AuditArguments:
         metadata={"help": "Models to audit: teacher, non_private_teacher, or any student method."},
     )
     audit_mope_perturbations: int = field(default=2, metadata={"help": "MoPe weight perturbations."})
+    audit_canary_candidates: int = field(
+        default=2000,
+        metadata={
+            "help": "Candidates scored per canary: every candidate when the canary's space is at most this "
+            "large (exact exposure), else this many sampled ones (estimated exposure)."
+        },
+    )
 
 
 @dataclass
@@ -370,6 +377,11 @@ def validate_run_config(config: RunConfig) -> None:
     if d.max_length < 8:
         raise ValueError(
             f"--max_length {d.max_length}: too short for a control-code prompt and text; use >= 32."
+        )
+    if config.audit.audit_canary_candidates < 100:
+        raise ValueError(
+            f"--audit_canary_candidates {config.audit.audit_canary_candidates}: must be >= 100 (exposure is "
+            "estimated from that many candidates; 2000 is a good default)."
         )
     t = config.teacher
     if not t.per_sample_max_grad_norm > 0:

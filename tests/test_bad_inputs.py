@@ -271,6 +271,11 @@ CASES = [
     ),
     Case("cli-epochs", _parse("--teacher_epochs", "0"), r"--teacher_epochs 0.0: must be > 0"),
     Case("cli-max-length", _parse("--max_length", "4"), r"--max_length 4: too short .*use >= 32"),
+    Case(
+        "cli-canary-candidates",
+        _parse("--audit_canary_candidates", "5"),
+        r"--audit_canary_candidates 5: must be >= 100",
+    ),
     Case("cli-cpu-threads", _parse("--cpu_threads", "0"), r"--cpu_threads 0: must be >= 1"),
     Case(
         "cli-hub-id",
