@@ -67,11 +67,9 @@ def main(argv=None) -> int:
     audit = run / "audit" / "audit.json"
     if audit.is_file():
         data = json.loads(audit.read_text())
-        for name, attacks in data.get("membership", {}).items():
-            aucs = ", ".join(
-                f"{a}={v['auc']:.3f}" for a, v in attacks.items() if isinstance(v, dict) and "auc" in v
-            )
-            print(f"audit {name}: MIA AUC {aucs}")
+        for name, model in data.get("models", {}).items():
+            aucs = ", ".join(f"{attack}={auc:.3f}" for attack, auc in model.get("auc", {}).items())
+            print(f"audit {name}: membership-inference AUC (0.5 = chance) {aucs}")
     print(f"\nartifacts: {run}")
     return 0
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def test_quick_run_produces_every_artifact(quick_run):
     for f in ("results.md", "results.png", "audit/audit.json", "audit/audit.md", "audit/teacher/roc.png"):
         assert (run_dir / f).is_file(), f
     assert "| DistilDP student (CE + KD) |" in proc.stdout and "DistilDP total guarantee" in proc.stdout
+    assert re.search(r"audit teacher: membership-inference AUC \(0.5 = chance\) loss=0\.\d{3}", proc.stdout)
     teacher = PrivacyLedger.load(run_dir / "teacher" / "final")
     assert [r.name for r in teacher.releases] == ["control_code_histogram", "teacher_dp_sgd"]
     # the student inherits the teacher's ledger (post-processing: nothing added)
