@@ -80,7 +80,7 @@ class AuditArguments:
     max_length: int | None = field(
         default=None, metadata={"help": "Token limit per record (default: the model's)."}
     )
-    min_k_fraction: float = field(default=0.2, metadata={"help": "k of Min-k% and Min-k%++."})
+    min_k_fraction: float = field(default=0.2, metadata={"help": "k of Min-k%% and Min-k%%++."})
     mope_sigma: float = field(default=0.01, metadata={"help": "Std of the MoPe weight noise."})
     mope_num_perturbations: int = field(default=10, metadata={"help": "Perturbed copies for MoPe."})
     memorization: bool = field(

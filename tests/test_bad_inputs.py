@@ -121,6 +121,19 @@ def _fill_disk_after(monkeypatch, writes: int) -> None:
     monkeypatch.setattr(io_module.os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
 
 
+def _under_accelerate_deepspeed(make):
+    """As under `accelerate launch` with a DeepSpeed config: the launcher sets ACCELERATE_USE_DEEPSPEED."""
+    previous = os.environ.get("ACCELERATE_USE_DEEPSPEED")
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        return make()
+    finally:
+        if previous is None:
+            del os.environ["ACCELERATE_USE_DEEPSPEED"]
+        else:
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = previous
+
+
 # -- the table ---------------------------------------------------------------------------------------
 @dataclass
 class Case:
@@ -340,6 +353,13 @@ CASES = [
         "dpconfig-neither",
         lambda tmp: DPConfig(output_dir=str(tmp / "o")),
         r"Give exactly one of target_epsilon .* or noise_multiplier",
+    ),
+    Case(
+        "dpconfig-deepspeed-by-accelerate",
+        lambda tmp: _under_accelerate_deepspeed(
+            lambda: DPConfig(output_dir=str(tmp / "o"), target_epsilon=2.0, report_to=[])
+        ),
+        r"DeepSpeed is not supported for DP-SGD .* use DDP through accelerate for the DP stages",
     ),
     Case(
         "dpconfig-delta",

@@ -74,7 +74,7 @@ class Canary:
 
     @property
     def space_size(self) -> int:
-        """Number of candidate secrets |alphabet| ** length."""
+        """Number of candidate secrets, ``len(alphabet) ** length``."""
         return len(self.alphabet) ** self.length
 
     def render(self, symbols: Sequence[str] | None = None) -> str:

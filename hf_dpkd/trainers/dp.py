@@ -191,7 +191,8 @@ class DPConfig(TrainingArguments):
                 raise ValueError(
                     "fp16=True (loss scaling) is not supported with DP-SGD; use bf16=True or fp32."
                 )
-            if self.deepspeed:
+            # `deepspeed=` in the arguments, or `accelerate launch` with a DeepSpeed config (deepspeed_plugin)
+            if self.deepspeed or getattr(self, "deepspeed_plugin", None) is not None:
                 raise ValueError(
                     "DeepSpeed is not supported for DP-SGD (Opacus has no DeepSpeed path); use DDP through "
                     "accelerate for the DP stages. DeepSpeed works for distillation and generation."
