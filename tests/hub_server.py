@@ -717,18 +717,7 @@ def hub_fixture(
     root = tmp_path_factory.mktemp("loopback_hub")
     server = HubServer(root / "store").start()
     home = root / "hf_home"
-    env = {
-        "HF_ENDPOINT": server.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_OFFLINE": "0",
-        "HF_DATASETS_OFFLINE": "0",
-        "HF_TOKEN": server.token,
-        "HF_HOME": str(home),
-        "HF_HUB_CACHE": str(home / "hub"),
-        "HF_DATASETS_CACHE": str(home / "datasets"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    }
+    env = client_env(server, home)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     for key in ("TRANSFORMERS_OFFLINE", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_ETAG_TIMEOUT"):
@@ -746,3 +735,19 @@ def hub_fixture(
         yield server
     finally:
         server.stop()
+
+
+def client_env(server: HubServer, home: Path) -> dict[str, str]:
+    """Environment that points the real Hub clients at `server`, with a private cache under `home`."""
+    return {
+        "HF_ENDPOINT": server.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+        "HF_TOKEN": server.token,
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_DATASETS_CACHE": str(home / "datasets"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
