@@ -162,8 +162,8 @@ def privacy_statement(
         "with the artifact.",
         "- **The control-code domain** (the set of possible control-code values), if it was taken from the "
         "private data rather than declared public.",
-        "- **A known seed**: DP-SGD's noise and batch sampling are drawn from generators seeded by the "
-        "training seed; whoever knows that seed can regenerate them, which the guarantee assumes impossible.",
+        "- **A known DP seed**: DP-SGD's noise and batches come from a secret seed drawn for each run; a seed "
+        "set by hand, or a leaked checkpoint, lets its holder regenerate them.",
         "- Anything else computed from the private data and not recorded in the ledger, and units larger than "
         "the privacy unit: a person contributing k units is protected with roughly k·ε (group privacy).",
         "",

@@ -13,6 +13,7 @@ Stages (each skipped when its marker exists, each resumable when interrupted):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -277,6 +278,21 @@ class Pipeline:
             folders.append(self.run / "histogram")
         return self._composed(*folders)
 
+    def dp_seed(self, release: str) -> int:
+        """The secret seed of a DP-SGD release of this run (noise and batches), from the run's secret file.
+
+        Drawn from the OS's secure randomness once per run directory and never pushed, so a re-run of the
+        same command repeats an unfinished training exactly while nobody else can regenerate its noise.
+        """
+        import secrets
+
+        path = self.run / "secrets" / "dp_seed.json"
+        if not path.is_file():
+            atomic_write_text(path, json.dumps({"master": secrets.randbits(62)}))
+        master = json.loads(path.read_text())["master"]
+        digest = hashlib.sha256(f"{release}:{master}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") >> 2
+
     # -- stage runner -----------------------------------------------------------------------------
     def run_stages(self) -> dict[str, Any]:
         with self.run:
@@ -494,6 +510,7 @@ class Pipeline:
                 clipping_mode=c.teacher.clipping_mode,
                 privacy_ledger_path=str(prior_ledger) if prior_ledger else None,
                 privacy_release_name=release_name,
+                dp_seed=self.dp_seed(release_name),
             )
             trainer = DPTrainer(
                 model=model,
@@ -516,6 +533,7 @@ class Pipeline:
                 clipping_mode=c.teacher.clipping_mode,
                 privacy_ledger_path=str(prior_ledger) if prior_ledger else None,
                 privacy_release_name=release_name,
+                dp_seed=self.dp_seed(release_name),
                 alpha_ce=1 - c.student.kd_lambda,
                 alpha_kd=c.student.kd_lambda,
                 temperature=c.student.kd_temperature,

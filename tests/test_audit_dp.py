@@ -11,7 +11,7 @@ from hf_dpkd import DPConfig, DPTrainer, audit_epsilon, insert_audit_canaries, m
 from tests.test_audit_epsilon import _byte_tokenizer
 
 
-def _train_and_audit(tmp_path, seed: int, **dp_kwargs) -> dict:
+def _train_and_audit(tmp_path, seed: int, guesses: int = 20, epochs: int = 40, **dp_kwargs) -> dict:
     tok = _byte_tokenizer()
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(
@@ -30,7 +30,7 @@ def _train_and_audit(tmp_path, seed: int, **dp_kwargs) -> dict:
     )
     args = DPConfig(
         output_dir=str(tmp_path),
-        num_train_epochs=40,
+        num_train_epochs=epochs,
         per_device_train_batch_size=16,
         learning_rate=3e-3,
         lr_scheduler_type="constant",
@@ -40,6 +40,7 @@ def _train_and_audit(tmp_path, seed: int, **dp_kwargs) -> dict:
         use_cpu=True,
         disable_tqdm=True,
         seed=seed,
+        dp_seed=seed,  # a fixed draw: the test's outcome is reproducible
         max_physical_batch_size=16,
         **dp_kwargs,
     )
@@ -50,7 +51,9 @@ def _train_and_audit(tmp_path, seed: int, **dp_kwargs) -> dict:
         data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
     )
     trainer.train()
-    result = audit_epsilon(model, tok, canaries, num_positive=20, num_negative=20, show_progress=False)
+    result = audit_epsilon(
+        model, tok, canaries, num_positive=guesses, num_negative=guesses, show_progress=False
+    )
     result["claimed_epsilon"] = trainer.privacy_report()["epsilon"]
     return result
 
@@ -63,5 +66,7 @@ def test_lower_bound_never_exceeds_the_claim(tmp_path, seed):
 
 
 def test_broken_trainer_without_clipping_or_noise_is_caught(tmp_path):
-    result = _train_and_audit(tmp_path, 0, disable_dp=True, per_sample_max_grad_norm=1e9)
+    # Trained long enough to memorise its canaries (100 epochs: bound 2.06 / 2.55 / 1.74 for seeds 0 / 1 / 2;
+    # at 40 epochs the memorisation, and the bound, depend on the draw: 0.97 / 1.74 / 0.97).
+    result = _train_and_audit(tmp_path, 0, epochs=100, disable_dp=True, per_sample_max_grad_norm=1e9)
     assert result["epsilon_lower_bound"] > 1.0  # it would have been claimed as epsilon = 1

@@ -148,6 +148,25 @@ def test_resume_restores_ledger_noise_and_optimizer(tmp_path):
         assert torch.allclose(p, q, atol=1e-6), n
 
 
+def test_noise_and_batches_are_secret_by_default_and_reproducible_with_dp_seed(tmp_path):
+    """The training seed does not fix DP-SGD's randomness: the default DP seed is fresh and never published."""
+
+    def run(name, **kw):
+        trainer = _trainer(tmp_path / name, noise_multiplier=1.0, max_steps=2, **kw)
+        trainer.train()
+        params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+        return params, trainer.privacy_ledger.to_dict()["releases"][0]
+
+    a, release_a = run("a")
+    b, release_b = run("b")  # same seed=0, same data, same settings
+    assert not torch.allclose(a, b), "two runs with the same training seed drew the same DP noise"
+    assert release_a["meta"]["noise_draw"] != release_b["meta"]["noise_draw"]  # composed as two releases
+    c, release_c = run("c", dp_seed=123)
+    d, release_d = run("d", dp_seed=123)
+    assert torch.equal(c, d) and release_c == release_d
+    assert 123 not in release_c["meta"].values() and "seed" not in json.dumps(release_c)  # not published
+
+
 def test_training_stops_before_exceeding_the_budget(tmp_path):
     trainer = _trainer(tmp_path, target_epsilon=1.0, max_steps=4)
     planned_sigma = trainer.dp_noise_multiplier

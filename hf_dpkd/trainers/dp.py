@@ -9,11 +9,13 @@ micro-batches, per-sample clipping by Opacus, one Gaussian noise draw per logica
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
 import math
 import os
+import secrets
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -44,6 +46,23 @@ PRIVACY_REPORT_NAME = "privacy_report.json"
 PRIVACY_UNIT = "one training example (one row of the training dataset)"
 
 
+def _derived_seed(dp_seed: int, purpose: str) -> int:
+    """Independent 63-bit seeds for each use of the DP seed."""
+    digest = hashlib.sha256(f"{purpose}:{dp_seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _shared_secret_seed(device) -> int:
+    """A seed from the OS's secure randomness; under torch.distributed every rank gets rank 0's."""
+    seed = secrets.randbits(62)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        backend_device = device if dist.get_backend() == "nccl" else "cpu"
+        value = torch.tensor([seed], dtype=torch.int64, device=backend_device)
+        dist.broadcast(value, src=0)
+        seed = int(value.item())
+    return seed
+
+
 @dataclass
 class DPConfig(TrainingArguments):
     """TrainingArguments plus the DP-SGD settings. Give exactly one of `target_epsilon` / `noise_multiplier`.
@@ -63,6 +82,14 @@ class DPConfig(TrainingArguments):
     )
     noise_multiplier: float | None = field(
         default=None, metadata={"help": "Gaussian noise std / clip norm. Alternative to target_epsilon."}
+    )
+    dp_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Seed of DP-SGD's noise and Poisson batches. Default: drawn from the operating system's "
+            "secure randomness for each run, kept in checkpoints for resume and never published. Set it only "
+            "for reproducible experiments: whoever knows it can regenerate the noise and the batches."
+        },
     )
     target_delta: float | None = field(
         default=None,
@@ -424,12 +451,13 @@ class DPTrainer(Trainer):
             self.dp_sample_rate,
             self.dp_steps_per_epoch,
             num_parts=args.gradient_accumulation_steps,
-            seed=args.data_seed if args.data_seed is not None else args.seed,
+            seed=0,  # set below from the DP seed
             rank=args.process_index,
             world_size=world,
             poisson=args.poisson_sampling,
         )
-        self._noise_generator = torch.Generator(device=args.device).manual_seed(args.seed + 7919)
+        self._noise_generator = torch.Generator(device=args.device)
+        self._use_dp_seed(args.dp_seed if args.dp_seed is not None else _shared_secret_seed(args.device))
         self._grad_sample_module = attach_grad_sampler(
             self.model, args.clipping_mode, args.per_sample_max_grad_norm
         )
@@ -519,6 +547,14 @@ class DPTrainer(Trainer):
         self._dp_steps += 1
         self._record_release()
 
+    def _use_dp_seed(self, dp_seed: int) -> None:
+        """Seed the Poisson sampler and the noise generator from `dp_seed` (secret unless the user set it)."""
+        self._dp_seed = int(dp_seed)
+        self._dp_sampler.seed = _derived_seed(self._dp_seed, "poisson-sampling")
+        self._noise_generator.manual_seed(_derived_seed(self._dp_seed, "gaussian-noise"))
+        # A public name for this draw (one-way): tells two training runs apart in a composed ledger.
+        self._noise_draw = hashlib.sha256(f"hf_dpkd-dp-sgd:{self._dp_seed}".encode()).hexdigest()[:16]
+
     def _record_release(self) -> None:
         if self.args.disable_dp:
             return
@@ -532,7 +568,7 @@ class DPTrainer(Trainer):
             expected_batch_size=self.dp_expected_batch_size,
             num_examples=self.dp_num_examples,
             privacy_unit=PRIVACY_UNIT,
-            seed=self.args.seed,  # sampling and noise derive from it: tells two runs apart in a composed ledger
+            noise_draw=self._noise_draw,
         )
 
     # -- the DP step ------------------------------------------------------------------------------
@@ -669,6 +705,7 @@ class DPTrainer(Trainer):
                 torch.save(
                     {
                         "noise_generator": self._noise_generator.get_state(),
+                        "dp_seed": self._dp_seed,  # secret: checkpoints stay with the private data
                         "dp_steps": self._dp_steps,
                         "noise_multiplier": self.dp_noise_multiplier,
                         "sample_rate": self.dp_sample_rate,
@@ -706,6 +743,8 @@ class DPTrainer(Trainer):
                 f"sample_rate={state['sample_rate']:.6g}, but the current settings give "
                 f"{self.dp_noise_multiplier:.6g}, {self.dp_sample_rate:.6g}. Resume with the same DPConfig."
             )
+        if "dp_seed" in state:  # the interrupted run's draws continue (sampler and noise)
+            self._use_dp_seed(state["dp_seed"])
         self._noise_generator.set_state(state["noise_generator"])
         self._dp_steps = int(state["dp_steps"])
         if not self.args.disable_dp:
