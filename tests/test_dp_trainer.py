@@ -167,6 +167,15 @@ def test_noise_and_batches_are_secret_by_default_and_reproducible_with_dp_seed(t
     assert 123 not in release_c["meta"].values() and "seed" not in json.dumps(release_c)  # not published
 
 
+def test_the_secret_resume_state_stays_in_checkpoints(tmp_path):
+    trainer = _trainer(tmp_path, noise_multiplier=1.0, max_steps=2, save_strategy="steps", save_steps=1)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    assert (tmp_path / "checkpoint-2" / "dp_state.pt").is_file()
+    assert (tmp_path / "final" / "privacy_ledger.json").is_file()
+    assert not (tmp_path / "final" / "dp_state.pt").exists()  # a model folder that may be pushed
+
+
 def test_training_stops_before_exceeding_the_budget(tmp_path):
     trainer = _trainer(tmp_path, target_epsilon=1.0, max_steps=4)
     planned_sigma = trainer.dp_noise_multiplier

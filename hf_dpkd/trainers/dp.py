@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_dpkd._io import atomic_write_bytes, atomic_write_text
 from hf_dpkd.privacy.accounting import (
@@ -698,7 +699,12 @@ class DPTrainer(Trainer):
         if self.args.dp_enabled:
             output_dir = output_dir if output_dir is not None else self.args.output_dir
             self.save_privacy_artifacts(output_dir)
-            if self.args.should_save:
+            # The resume state (with the secret DP seed) goes into checkpoints only, never into a model
+            # folder that may be pushed; it is written before the Trainer's trainer_state.json.
+            is_checkpoint = os.path.basename(os.path.normpath(output_dir)).startswith(
+                f"{PREFIX_CHECKPOINT_DIR}-"
+            )
+            if self.args.should_save and is_checkpoint:
                 import io
 
                 buf = io.BytesIO()
