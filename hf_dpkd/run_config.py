@@ -135,7 +135,7 @@ class GenerationArguments:
             "inherit its ledger."
         },
     )
-    num_synthetic_samples: int = field(default=4000, metadata={"help": "Synthetic texts to generate."})
+    num_synthetic_samples: int = field(default=3000, metadata={"help": "Synthetic texts to generate."})
     generation_batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch."})
     top_k: int = field(default=50, metadata={"help": "Sampling top-k (paper: 50)."})
     top_p: float = field(default=0.9, metadata={"help": "Sampling top-p (paper: 0.9)."})
@@ -149,7 +149,7 @@ class GenerationArguments:
 
 @dataclass
 class StudentArguments:
-    student_epochs: float = field(default=4.0, metadata={"help": "Epochs over the synthetic data."})
+    student_epochs: float = field(default=3.0, metadata={"help": "Epochs over the synthetic data."})
     student_learning_rate: float = field(default=2e-3, metadata={"help": "Student learning rate."})
     student_batch_size: int = field(
         default=32, metadata={"help": "Student per-device batch (synthetic data)."}
