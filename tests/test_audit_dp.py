@@ -8,7 +8,7 @@ from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, GPT2Config, GPT2LMHeadModel
 
 from hf_dpkd import DPConfig, DPTrainer, audit_epsilon, insert_audit_canaries, make_audit_canaries
-from tests.test_audit_epsilon import _byte_tokenizer
+from tests.test_audit_epsilon import CANARY_TRAINING, _byte_tokenizer
 
 
 def _train_and_audit(tmp_path, seed: int, guesses: int = 20, epochs: int = 40, **dp_kwargs) -> dict:
@@ -31,17 +31,10 @@ def _train_and_audit(tmp_path, seed: int, guesses: int = 20, epochs: int = 40, *
     args = DPConfig(
         output_dir=str(tmp_path),
         num_train_epochs=epochs,
-        per_device_train_batch_size=16,
-        learning_rate=3e-3,
-        lr_scheduler_type="constant",
-        save_strategy="no",
-        report_to=[],
-        logging_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
         seed=seed,
         dp_seed=seed,  # a fixed draw: the test's outcome is reproducible
         max_physical_batch_size=16,
+        **CANARY_TRAINING,
         **dp_kwargs,
     )
     trainer = DPTrainer(

@@ -28,6 +28,18 @@ from hf_dpkd.audit.empirical_epsilon import (
     one_run_audit,
 )
 
+#: Training settings of the canary audits that train a tiny model to memorise (shared with test_audit_dp).
+CANARY_TRAINING = dict(
+    per_device_train_batch_size=16,
+    learning_rate=3e-3,
+    lr_scheduler_type="constant",
+    save_strategy="no",
+    report_to=[],
+    logging_strategy="no",
+    use_cpu=True,
+    disable_tqdm=True,
+)
+
 
 def brute_p_value(m, r, v, eps, delta):
     """The theorem's right-hand side written literally, with exact rational binomial sums."""
@@ -191,20 +203,7 @@ def test_end_to_end_audit_catches_a_non_private_trainer(tmp_path):
     train = train.map(
         lambda b: tok(b["text"], truncation=True, max_length=64), batched=True, remove_columns=["text"]
     )
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        num_train_epochs=40,
-        per_device_train_batch_size=16,
-        learning_rate=3e-3,
-        warmup_steps=0,
-        lr_scheduler_type="constant",
-        save_strategy="no",
-        report_to=[],
-        logging_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=40, seed=0, **CANARY_TRAINING)
     Trainer(
         model=model,
         args=args,
