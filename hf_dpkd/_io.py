@@ -11,8 +11,11 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temporary file in the same directory, fsync it, then rename over `path`."""
+def atomic_write_bytes(path: str | Path, data: bytes, secret: bool = False) -> Path:
+    """Write `data` to a temporary file in the same directory, fsync it, then rename over `path`.
+
+    `secret` files (the DP seed and state) are readable by their owner only (mode 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -21,7 +24,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, 0o600 if secret else 0o666 & ~_UMASK)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -39,5 +42,5 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, secret: bool = False) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), secret=secret)

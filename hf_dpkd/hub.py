@@ -29,7 +29,8 @@ PRIVATE_DATA_MARKER = ".hf_dpkd_private"
 #: The YAML metadata key of the cards that carries the machine-readable guarantee.
 CARD_PRIVACY_KEY = "differential_privacy"
 REPO_TYPES = ("model", "dataset")
-MODEL_KINDS = ("teacher", "student")
+#: teacher/student: the DistilDP pipeline's models; dp_finetune: any model DPTrainer fine-tuned (a user's script).
+MODEL_KINDS = ("teacher", "student", "dp_finetune")
 
 _ACCOUNTANT_NAMES = {
     "prv": "PRV (privacy random variables, Gopi, Lee & Wutschitz 2021; Opacus implementation)",
@@ -75,6 +76,8 @@ def privacy_metadata(ledger: PrivacyLedger | None, *, privacy_unit: str) -> dict
     return {
         "epsilon": _ledger_epsilon(ledger),
         "delta": ledger.delta,
+        "epsilon_is_upper_bound": not ledger.approximate,
+        "non_private_releases": [r.name for r in ledger.non_private_releases],
         "accountant": ledger.accountant,
         "privacy_unit": privacy_unit,
         "releases": [r.name for r in ledger.releases],
@@ -109,16 +112,38 @@ def privacy_statement(
             "> private data was used at all; anything computed from private data outside the ledger is NOT covered.",
             "",
         ]
+    if ledger.non_private_releases:
+        lines += [
+            "> [!WARNING]",
+            "> **ε is infinite: NOT differentially private.** These releases used the private data without DP: "
+            + "; ".join(
+                f"`{r.name}` ({r.meta.get('reason', 'no noise')})" for r in ledger.non_private_releases
+            )
+            + ".",
+            "",
+        ]
+    elif ledger.approximate:
+        lines += [
+            f"This artifact satisfies **approximately (ε ≈ {_fmt(eps)}, δ = {ledger.delta:.3g})-differential "
+            f"privacy** with respect to the privacy unit **{privacy_unit}**. The GDP accountant's ε comes from a "
+            "central-limit approximation of subsampled steps: it is an estimate, NOT an upper bound, so this card "
+            "does not claim the e^ε bound. Use the PRV or RDP accountant for a guarantee.",
+            "",
+        ]
+    else:
+        lines += [
+            f"This artifact satisfies **(ε = {_fmt(eps)}, δ = {ledger.delta:.3g})-differential privacy** with "
+            f"respect to the privacy unit **{privacy_unit}**: adding or removing one such unit from the private "
+            "data changes the probability of any outcome by at most a factor e^ε, except with probability δ.",
+            "",
+        ]
     lines += [
-        f"This artifact satisfies **(ε = {_fmt(eps)}, δ = {ledger.delta:.3g})-differential privacy** with respect "
-        f"to the privacy unit **{privacy_unit}**: adding or removing one such unit from the private data changes "
-        "the probability of any outcome by at most a factor e^ε, except with probability δ.",
-        "",
         "| quantity | value |",
         "|---|---|",
         f"| epsilon (ε) | `{eps!r}` |",
         f"| delta (δ) | `{ledger.delta!r}` |",
         f"| accountant | {accountant} |",
+        f"| ε is an upper bound | {'no (approximation)' if ledger.approximate else 'yes'} |",
         f"| privacy unit | {privacy_unit} |",
         f"| releases composed | {len(ledger.releases)} |",
         "",
@@ -164,6 +189,10 @@ def privacy_statement(
         "private data rather than declared public.",
         "- **A known DP seed**: DP-SGD's noise and batches come from a secret seed drawn for each run; a seed "
         "set by hand, or a leaked checkpoint, lets its holder regenerate them.",
+        "- **The number of private units N**: it is treated as public (it sets the sample rate and the default "
+        "δ).",
+        "- **Training logs**: with DP the per-batch training loss is not logged (it carries no noise); "
+        "anything logged by the user from private batches is not covered.",
         "- Anything else computed from the private data and not recorded in the ledger, and units larger than "
         "the privacy unit: a person contributing k units is protected with roughly k·ε (group privacy).",
         "",
@@ -290,7 +319,14 @@ def write_model_card(
     )
 
     method_name = method.get("name", "DistilDP")
-    if kind == "teacher":
+    if kind == "dp_finetune":
+        what = (
+            f"This model was fine-tuned with **DP-SGD** ({method_name}): per-example gradient clipping, Gaussian "
+            "noise and Poisson sampling over the rows of its training data."
+        )
+        if ledger is None:
+            what = "This model was fine-tuned WITHOUT differential privacy."
+    elif kind == "teacher":
         what = (
             f"This is the **teacher** of {method_name}: a causal LM fine-tuned on the private corpus with DP-SGD "
             "(per-example gradient clipping, Gaussian noise, Poisson sampling), every training text prefixed by "

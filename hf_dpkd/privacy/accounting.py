@@ -21,6 +21,10 @@ from hf_dpkd._io import atomic_write_text
 ACCOUNTANTS = ("prv", "rdp", "gdp")
 #: Mechanism name of fixed-size uniform subsampling (``poisson_sampling=False``).
 UNIFORM = "uniform_subsampled_gaussian"
+#: Mechanism name of something computed from the private data WITHOUT differential privacy (the exact
+#: control-code histogram, a control-code domain read off the data, ...): its epsilon is infinite, and so is
+#: every total that composes it. Recording it keeps the ledger honest instead of silent.
+NON_PRIVATE = "non_private"
 LEDGER_FILENAME = "privacy_ledger.json"
 #: Bisection stops once the calibrated epsilon is within this relative distance below the target.
 CALIBRATION_RTOL = 1e-3
@@ -42,10 +46,21 @@ class Release:
     mechanism: str = "subsampled_gaussian"
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def is_private(self) -> bool:
+        return self.mechanism != NON_PRIVATE
+
     def history_entry(self) -> tuple:
+        if not self.is_private:
+            return (0.0, 1.0, 1)  # no noise: compute_epsilon gives inf
         entry = (float(self.noise_multiplier), float(self.sample_rate), int(self.steps))
         # Fixed-size (non-Poisson) subsampling is a different mechanism; only GDP accounts it.
         return entry + (UNIFORM,) if self.mechanism == UNIFORM else entry
+
+
+def _identity(release: Release) -> dict[str, Any]:
+    """A release as compared across ledgers: every field but the name (composition may add a suffix)."""
+    return {k: v for k, v in asdict(release).items() if k != "name"}
 
 
 def _check_accountant(accountant: str) -> None:
@@ -160,11 +175,21 @@ def calibrate_noise_multiplier(
             hi = mid
 
 
+#: Upper bound of the default delta (the customary "1e-5 or less" of DP deep learning).
+MAX_DEFAULT_DELTA = 1e-5
+
+
 def default_delta(num_examples: int) -> float:
-    """Default delta for `num_examples` privacy units: N^-1.1, strictly below 1/N as DP requires."""
+    """Default delta for `num_examples` privacy units: min(1e-5, 1/(10 N)).
+
+    delta is the probability that the guarantee fails outright; a mechanism that publishes one random unit
+    in full is (0, 1/N)-DP, so delta must be well below 1/N. 1/(10 N) keeps delta * N <= 0.1 for small
+    datasets (N^-1.1, the earlier default, gave delta * N = 0.45 at N = 3,000), and 1e-5 caps it for
+    mid-sized ones. N itself is treated as public (the accountant and the card use it).
+    """
     if num_examples <= 1:
         raise ValueError(f"Cannot choose a default target_delta for a dataset of {num_examples} examples.")
-    return float(num_examples) ** -1.1
+    return min(MAX_DEFAULT_DELTA, 1.0 / (10.0 * num_examples))
 
 
 class PrivacyLedger:
@@ -194,16 +219,44 @@ class PrivacyLedger:
         mechanism: str = "subsampled_gaussian",
         **meta: Any,
     ) -> Release:
-        """Add a release, or replace the one with the same name (a resumed or continued stage)."""
-        release = Release(
-            name, float(noise_multiplier), float(sample_rate), int(steps), mechanism, dict(meta)
-        )
+        """Add a release and return it (under the name it got).
+
+        A release is never replaced or dropped, except by the same run continuing: a release of the same
+        name AND the same ``noise_draw`` (the random id of one training run, restored on resume) is updated
+        in place. Any other clash of names gets a distinct name (``name#2``, ``name#3``, ...).
+        """
+        draw = meta.get("noise_draw")
         for i, existing in enumerate(self.releases):
-            if existing.name == name:
+            if existing.name == name and draw is not None and existing.meta.get("noise_draw") == draw:
+                release = Release(
+                    name, float(noise_multiplier), float(sample_rate), int(steps), mechanism, dict(meta)
+                )
                 self.releases[i] = release
                 return release
+        release = Release(
+            self._free_name(name),
+            float(noise_multiplier),
+            float(sample_rate),
+            int(steps),
+            mechanism,
+            dict(meta),
+        )
         self.releases.append(release)
         return release
+
+    def record_non_private(self, name: str, reason: str, **meta: Any) -> Release:
+        """Record something released from the private data WITHOUT DP: every total composing it is infinite."""
+        return self.record(name, 0.0, 1.0, 1, mechanism=NON_PRIVATE, reason=reason, **meta)
+
+    def _free_name(self, name: str) -> str:
+        free, k = name, 2
+        while self.get(free) is not None:
+            free, k = f"{name}#{k}", k + 1
+        return free
+
+    @property
+    def non_private_releases(self) -> list[Release]:
+        return [r for r in self.releases if not r.is_private]
 
     def compose(self, other: PrivacyLedger) -> PrivacyLedger:
         """A ledger with the releases of both: the cost of using artifacts protected by either one.
@@ -214,25 +267,30 @@ class PrivacyLedger:
         DP-SGD releases are equal only when seed, settings and data size are, i.e. the same training run.
         """
         out = PrivacyLedger(self.accountant, self.delta, [Release(**asdict(r)) for r in self.releases])
-        seen = [asdict(r) for r in self.releases]
+        seen = [_identity(r) for r in self.releases]
         for r in other.releases:
-            if asdict(r) in seen:
+            if _identity(r) in seen:
                 continue
-            name, k = r.name, 2
-            while out.get(name) is not None:
-                name, k = f"{r.name}#{k}", k + 1
-            out.releases.append(Release(**{**asdict(r), "name": name}))
+            out.releases.append(Release(**{**asdict(r), "name": out._free_name(r.name)}))
         return out
+
+    def contains(self, other: PrivacyLedger) -> bool:
+        """Whether every release of `other` is one of this ledger's (as composed: names may carry a suffix)."""
+        mine = [_identity(r) for r in self.releases]
+        return all(_identity(r) in mine for r in other.releases)
 
     def get(self, name: str) -> Release | None:
         return next((r for r in self.releases if r.name == name), None)
 
-    def remove(self, name: str) -> None:
-        self.releases = [r for r in self.releases if r.name != name]
-
     # -- reporting -------------------------------------------------------------------------------
-    def history(self, exclude: str | None = None) -> list[tuple]:
-        return [r.history_entry() for r in self.releases if r.name != exclude]
+    def history(self, private_only: bool = False) -> list[tuple]:
+        """Accountant history of the releases; `private_only` leaves out the non-private ones (calibration)."""
+        return [r.history_entry() for r in self.releases if r.is_private or not private_only]
+
+    @property
+    def approximate(self) -> bool:
+        """True when epsilon is an approximation rather than an upper bound (the GDP accountant's CLT)."""
+        return self.accountant == "gdp"
 
     def epsilon(self, delta: float | None = None) -> float:
         """Total epsilon of all releases at `delta` (default: the ledger's delta)."""
@@ -246,6 +304,8 @@ class PrivacyLedger:
             "epsilon": self.epsilon() if self.delta is not None else None,
             "delta": self.delta,
             "accountant": self.accountant,
+            "epsilon_is_upper_bound": not self.approximate,
+            "non_private_releases": [r.name for r in self.non_private_releases],
             "releases": [asdict(r) for r in self.releases],
         }
 
@@ -273,6 +333,7 @@ class PrivacyLedger:
         payload = self.to_dict()
         if self.delta is not None and self.releases:
             payload["epsilon"] = self.epsilon()
+            payload["epsilon_is_upper_bound"] = not self.approximate
         atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
         return path
 
@@ -292,11 +353,14 @@ class PrivacyLedger:
     def load_or_new(
         cls, path: str | Path | None, accountant: str = "prv", delta: float | None = None
     ) -> PrivacyLedger:
-        if path is not None:
-            p = Path(path)
-            if (p / LEDGER_FILENAME).is_file() or (p.suffix == ".json" and p.is_file()):
-                return cls.load(p)
-        return cls(accountant=accountant, delta=delta)
+        """The ledger at `path`, or a new empty one when `path` is None.
+
+        A `path` that holds no ledger is an error, never an empty start: a typo would silently drop every
+        earlier release from the guarantee.
+        """
+        if path is None:
+            return cls(accountant=accountant, delta=delta)
+        return cls.load(path)
 
     def __repr__(self) -> str:
         names = ", ".join(r.name for r in self.releases)

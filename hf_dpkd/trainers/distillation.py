@@ -11,12 +11,14 @@ release to the ledger: the DPKD baseline.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
+from hf_dpkd.privacy.accounting import LEDGER_FILENAME, PrivacyLedger
 from hf_dpkd.trainers.dp import DPConfig, DPTrainer, causal_lm_labels, dp_forward_kwargs
 from hf_dpkd.trainers.losses import (
     KD_LOSSES,
@@ -39,6 +41,18 @@ class DistillationConfig(DPConfig):
 
     _privacy_required: ClassVar[bool] = False
 
+    privacy_release_name: str = field(
+        default="dp_distillation",
+        metadata={"help": "Name of this DP distillation's entry in the privacy ledger (DPKD baseline)."},
+    )
+    teacher_is_public: bool = field(
+        default=False,
+        metadata={
+            "help": "With DP-SGD: declare that the teacher never saw the private data (e.g. a public base model), "
+            "so its outputs cost nothing. Otherwise the teacher must carry a privacy ledger (its DP-SGD release "
+            "on the same data), which is composed into this training's."
+        },
+    )
     alpha_ce: float = field(
         default=0.6, metadata={"help": "Weight of the hard-label CE (paper: 1 - lambda = 0.6)."}
     )
@@ -104,7 +118,14 @@ class DistillationConfig(DPConfig):
 class DistillationTrainer(DPTrainer):
     """Trains `model` (the student) against a frozen `teacher_model` that is never saved with it."""
 
-    def __init__(self, model=None, teacher_model=None, args: DistillationConfig | None = None, **kw):
+    def __init__(
+        self,
+        model=None,
+        teacher_model=None,
+        args: DistillationConfig | None = None,
+        teacher_privacy_ledger: PrivacyLedger | None = None,
+        **kw,
+    ):
         if teacher_model is None:
             raise ValueError(
                 "DistillationTrainer needs teacher_model= (a causal LM sharing the student's vocabulary)."
@@ -112,6 +133,8 @@ class DistillationTrainer(DPTrainer):
         if args is None or not isinstance(args, DistillationConfig):
             raise TypeError("DistillationTrainer needs args=DistillationConfig(...).")
         self._check_vocab(model, teacher_model)
+        self._teacher_ledger = teacher_privacy_ledger
+        self._teacher_source = getattr(getattr(teacher_model, "config", None), "_name_or_path", "") or ""
         self.projections: HiddenProjections | None = None
         if args.alpha_hidden > 0:
             s_cfg, t_cfg = model.config, teacher_model.config
@@ -126,10 +149,51 @@ class DistillationTrainer(DPTrainer):
 
     model_card_kind = "student"
 
+    # -- privacy: what the teacher's outputs cost -----------------------------------------------------
+    def _prior_ledger(self, ledger: PrivacyLedger) -> PrivacyLedger:
+        """Under DP-SGD every example's loss reads the teacher, so the teacher's releases are composed in.
+
+        A teacher trained on the private data WITHOUT DP would make one example's gradient depend on every
+        other record, and no epsilon would hold: it is refused unless declared public (never saw the data).
+        """
+        args = self.args
+        if args.disable_dp or args.teacher_is_public:
+            return ledger
+        columns = getattr(self.train_dataset, "column_names", None) or []
+        precomputed = TOPK_INDICES in columns
+        teacher = self._teacher_ledger
+        if teacher is None and not precomputed:
+            folder = self._teacher_source
+            if folder and os.path.isfile(os.path.join(folder, LEDGER_FILENAME)):
+                teacher = PrivacyLedger.load(folder)
+        if teacher is None:
+            where = (
+                f"the {TOPK_INDICES!r} columns of train_dataset (give the ledger of the teacher that computed "
+                "them as teacher_privacy_ledger=)"
+                if precomputed
+                else f"the teacher (loaded from {self._teacher_source or 'memory'!r}, no {LEDGER_FILENAME} there)"
+            )
+            raise ValueError(
+                f"DP distillation reads {where}, whose privacy is unknown. If the teacher was trained on this "
+                "private data without DP, every example's loss depends on other records and no epsilon holds. "
+                "Give a DP teacher (a folder written by DPTrainer, or teacher_privacy_ledger=its ledger), or set "
+                "teacher_is_public=True for a teacher that never saw the private data (e.g. a public base model)."
+            )
+        n = self.dp_num_examples
+        for r in teacher.releases:
+            other = r.meta.get("num_examples")
+            if r.is_private and r.sample_rate < 1 and other is not None and int(other) != n:
+                raise ValueError(
+                    f"The teacher's release {r.name!r} was DP-SGD over {other} rows, but this training's data has "
+                    f"{n}: its ledger is not about the same private data. Distil from a teacher trained on this "
+                    "dataset, or set teacher_is_public=True if the teacher never saw it."
+                )
+        return ledger.compose(teacher)
+
     def model_card_method(self) -> dict[str, Any]:
         a = self.args
         method = {
-            "method": "DPKD (distillation with DP-SGD on private data)",
+            "name": "DPKD (distillation with DP-SGD on private data)",
             "student_data": "private",
             "alpha_ce": a.alpha_ce,
             "alpha_kd": a.alpha_kd,

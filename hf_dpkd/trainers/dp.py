@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import secrets
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -44,7 +45,33 @@ logger = logging.getLogger(__name__)
 
 DP_STATE_NAME = "dp_state.pt"
 PRIVACY_REPORT_NAME = "privacy_report.json"
-PRIVACY_UNIT = "one training example (one row of the training dataset)"
+PRIVACY_UNIT = "one row of the training dataset"
+#: Trainer hub strategies that upload checkpoints (which hold the secret DP state): refused under DP.
+CHECKPOINT_HUB_STRATEGIES = ("checkpoint", "all_checkpoints")
+#: Logged values computed from a private batch without noise: dropped from the logs under DP by default.
+PRIVATE_LOG_KEYS = ("loss", "train_loss")
+
+
+PACKED_ROWS_NOTE = (
+    " (the rows look packed into fixed-length blocks: one text may span several rows and is then protected "
+    "only at about k·ε for k rows)"
+)
+
+
+def _rows_look_packed(dataset, sample: int = 64) -> bool:
+    """Whether tokenized rows look like run_clm-style packed blocks: equal lengths, no padding, labels == inputs."""
+    columns = getattr(dataset, "column_names", None) or []
+    if "input_ids" not in columns or len(dataset) < 2:
+        return False
+    rows = dataset.select(range(min(sample, len(dataset))))
+    lengths = {len(x) for x in rows["input_ids"]}
+    if len(lengths) != 1 or next(iter(lengths)) < 16:
+        return False
+    if "attention_mask" in columns and any(0 in m for m in rows["attention_mask"]):
+        return False
+    if "labels" in columns and any(list(a) != list(b) for a, b in zip(rows["labels"], rows["input_ids"])):
+        return False
+    return True
 
 
 def _derived_seed(dp_seed: int, purpose: str) -> int:
@@ -88,14 +115,16 @@ class DPConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Seed of DP-SGD's noise and Poisson batches. Default: drawn from the operating system's "
-            "secure randomness for each run, kept in checkpoints for resume and never published. Set it only "
-            "for reproducible experiments: whoever knows it can regenerate the noise and the batches."
+            "secure randomness for each run, kept in checkpoints for resume (mode 0600) and never published: "
+            "never pickled into training_args.bin, masked in to_dict(). Set it only for reproducible "
+            "experiments: whoever knows it can regenerate the noise and the batches."
         },
     )
     target_delta: float | None = field(
         default=None,
         metadata={
-            "help": "Delta of the guarantee. Default N^-1.1 for N training examples (strictly below 1/N)."
+            "help": "Delta of the guarantee. Default min(1e-5, 1/(10 N)) for N training rows (well below 1/N); "
+            "N is treated as public."
         },
     )
     per_sample_max_grad_norm: float = field(
@@ -140,7 +169,18 @@ class DPConfig(TrainingArguments):
         },
     )
     privacy_release_name: str = field(
-        default="dp_sgd", metadata={"help": "Name of this training's entry in the privacy ledger."}
+        default="dp_sgd",
+        metadata={
+            "help": "Name of this training's entry in the privacy ledger (a name already taken by an earlier "
+            "release gets a suffix: no release is ever replaced)."
+        },
+    )
+    log_private_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "Log the training loss of each private batch. It is computed without noise, so it is a "
+            "release the ledger does not cover: off by default under DP (epsilon is logged instead)."
+        },
     )
     max_grad_norm: float = field(
         default=0.0,
@@ -153,6 +193,20 @@ class DPConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         self._validate_privacy_arguments()
+
+    def to_dict(self) -> dict[str, Any]:
+        """As TrainingArguments.to_dict (what loggers record), with the secret DP seed masked."""
+        d = super().to_dict()
+        if d.get("dp_seed") is not None:
+            d["dp_seed"] = "<DP_SEED>"
+        return d
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (the Trainer's training_args.bin, which pushes upload) without the DP seed or the Hub token."""
+        state = dict(self.__dict__)
+        state["dp_seed"] = None
+        state["hub_token"] = None
+        return state
 
     @property
     def dp_enabled(self) -> bool:
@@ -224,6 +278,26 @@ class DPConfig(TrainingArguments):
                 raise ValueError(
                     "DeepSpeed is not supported for DP-SGD (Opacus has no DeepSpeed path); use DDP through "
                     "accelerate for the DP stages. DeepSpeed works for distillation and generation."
+                )
+            # `fsdp=` in the arguments, or `accelerate launch` with an FSDP config
+            if self.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
+                raise ValueError(
+                    f"FSDP (fsdp={self.fsdp!r}) is not supported for DP-SGD: sharded parameters bypass the "
+                    "per-sample clipping engine. Use DDP through accelerate for the DP stages; FSDP and DeepSpeed "
+                    "work for distillation and generation."
+                )
+        if self.dp_enabled and not self.disable_dp:
+            strategy = getattr(self.hub_strategy, "value", self.hub_strategy)
+            if self.push_to_hub and strategy in CHECKPOINT_HUB_STRATEGIES:
+                raise ValueError(
+                    f"hub_strategy={strategy!r} uploads checkpoints, which hold the secret DP state (the "
+                    "seed of the noise and of the batches); with DP use hub_strategy='every_save' or 'end' "
+                    "(model folders only)."
+                )
+            if self.ignore_data_skip:
+                raise ValueError(
+                    "ignore_data_skip=True would resume a DP run on the Poisson batches it already used (with "
+                    "fresh noise), which the accountant does not assume; keep ignore_data_skip=False."
                 )
 
 
@@ -371,6 +445,7 @@ class DPTrainer(Trainer):
         self._grad_sample_module: nn.Module | None = None
         self._dp_steps = 0
         self._dp_max_steps: int | None = None
+        self._dp_release_name: str | None = None
         self.privacy_ledger: PrivacyLedger | None = None
         if not getattr(self.args, "dp_enabled", False):
             return
@@ -402,6 +477,15 @@ class DPTrainer(Trainer):
                 "gradient_accumulation_steps."
             )
         self.dp_num_examples = n
+        self.privacy_unit = PRIVACY_UNIT
+        if _rows_look_packed(self.train_dataset):
+            self.privacy_unit = PRIVACY_UNIT + PACKED_ROWS_NOTE
+            warnings.warn(
+                "The training rows look packed (same length, no padding, labels equal to inputs): one text may "
+                "span several rows and is then protected only at about k*epsilon for k rows. The privacy unit is "
+                "one row; to protect each text, keep one text per row (truncate or pad, do not pack).",
+                stacklevel=3,
+            )
         self.dp_expected_batch_size = expected
         self.dp_sample_rate = expected / n
         self.dp_steps_per_epoch = max(1, int(round(n / expected)))
@@ -416,13 +500,22 @@ class DPTrainer(Trainer):
         if delta >= 1.0 / n:
             warnings.warn(
                 f"target_delta={delta} is >= 1/N = {1.0 / n:.3g}: such a delta allows releasing a whole example. "
-                "Use a delta well below 1/N (the default is N^-1.1).",
+                "Use a delta well below 1/N (the default is min(1e-5, 1/(10 N))).",
                 stacklevel=2,
             )
         if ledger is None:
-            ledger = PrivacyLedger.load_or_new(
-                args.privacy_ledger_path, accountant=args.accountant, delta=delta
-            )
+            try:
+                ledger = PrivacyLedger.load_or_new(
+                    args.privacy_ledger_path, accountant=args.accountant, delta=delta
+                )
+            except FileNotFoundError as e:
+                raise ValueError(
+                    f"privacy_ledger_path={args.privacy_ledger_path!r} holds no privacy_ledger.json: the earlier "
+                    "releases it should hold would silently drop out of the guarantee. Give the folder (or the "
+                    "privacy_ledger.json) written by the earlier DP stage, or no privacy_ledger_path for a fresh "
+                    "ledger."
+                ) from e
+        ledger = self._prior_ledger(ledger)
         if ledger.accountant != args.accountant:
             raise ValueError(
                 f"The privacy ledger uses accountant={ledger.accountant!r} but accountant={args.accountant!r} was "
@@ -431,6 +524,16 @@ class DPTrainer(Trainer):
         ledger.delta = delta
         self.privacy_ledger = ledger
         self._mechanism = "subsampled_gaussian" if args.poisson_sampling else UNIFORM
+        # What this training is composed with; this run's own release is not in it (resume restores it later).
+        self._dp_prior_history = ledger.history(private_only=True)
+        if ledger.non_private_releases and not args.disable_dp:
+            warnings.warn(
+                "The privacy ledger holds releases made without DP ("
+                + ", ".join(r.name for r in ledger.non_private_releases)
+                + "): the total epsilon is infinite whatever this training's noise; the noise is calibrated to "
+                "target_epsilon over the DP releases only.",
+                stacklevel=2,
+            )
 
         if args.disable_dp:
             self.dp_noise_multiplier = 0.0
@@ -443,7 +546,7 @@ class DPTrainer(Trainer):
                 self.dp_sample_rate,
                 planned,
                 accountant=args.accountant,
-                prior_history=ledger.history(exclude=args.privacy_release_name),
+                prior_history=self._dp_prior_history,
                 mechanism=self._mechanism,
             )
             self._dp_max_steps = self._max_steps_within_budget(planned)
@@ -480,7 +583,7 @@ class DPTrainer(Trainer):
 
     def _max_steps_within_budget(self, planned: int) -> int:
         """Largest step count whose composed epsilon stays within target_epsilon (>= planned by calibration)."""
-        prior = self.privacy_ledger.history(exclude=self.args.privacy_release_name)
+        prior = self._dp_prior_history
 
         def within(k: int) -> bool:
             eps = compute_epsilon(
@@ -548,19 +651,29 @@ class DPTrainer(Trainer):
         self._dp_steps += 1
         self._record_release()
 
+    def _prior_ledger(self, ledger: PrivacyLedger) -> PrivacyLedger:
+        """The ledger this training composes with; subclasses add what their loss depends on (a DP teacher)."""
+        return ledger
+
     def _use_dp_seed(self, dp_seed: int) -> None:
         """Seed the Poisson sampler and the noise generator from `dp_seed` (secret unless the user set it)."""
         self._dp_seed = int(dp_seed)
         self._dp_sampler.seed = _derived_seed(self._dp_seed, "poisson-sampling")
         self._noise_generator.manual_seed(_derived_seed(self._dp_seed, "gaussian-noise"))
-        # A public name for this draw (one-way): tells two training runs apart in a composed ledger.
-        self._noise_draw = hashlib.sha256(f"hf_dpkd-dp-sgd:{self._dp_seed}".encode()).hexdigest()[:16]
+        # A public, random name for this run's draw (no relation to the seed): tells two training runs apart
+        # in a composed ledger, and lets a resume update its own release and nothing else.
+        self._noise_draw = uuid.uuid4().hex
+
+    @property
+    def privacy_release_name(self) -> str:
+        """This training's name in the ledger: privacy_release_name, with a suffix if an earlier release had it."""
+        return self._dp_release_name or self.args.privacy_release_name
 
     def _record_release(self) -> None:
         if self.args.disable_dp:
             return
-        self.privacy_ledger.record(
-            self.args.privacy_release_name,
+        release = self.privacy_ledger.record(
+            self.privacy_release_name,
             noise_multiplier=self.dp_noise_multiplier,
             sample_rate=self.dp_sample_rate,
             steps=self._dp_steps,
@@ -568,9 +681,10 @@ class DPTrainer(Trainer):
             max_grad_norm=self.args.per_sample_max_grad_norm,
             expected_batch_size=self.dp_expected_batch_size,
             num_examples=self.dp_num_examples,
-            privacy_unit=PRIVACY_UNIT,
+            privacy_unit=self.privacy_unit,
             noise_draw=self._noise_draw,
         )
+        self._dp_release_name = release.name
 
     # -- the DP step ------------------------------------------------------------------------------
     def compute_per_sample_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -635,16 +749,20 @@ class DPTrainer(Trainer):
             "expected_batch_size": self.dp_expected_batch_size,
             "num_examples": self.dp_num_examples,
             "sampling": "poisson" if self.args.poisson_sampling else "uniform_fixed_size",
-            "privacy_unit": PRIVACY_UNIT,
-            "release": self.args.privacy_release_name,
+            "privacy_unit": self.privacy_unit,
+            "release": self.privacy_release_name,
+            "epsilon_is_upper_bound": not ledger.approximate,
             "release_epsilon": release_eps,
             "disable_dp": self.args.disable_dp,
             "ledger": ledger.to_dict(),
         }
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.args.dp_enabled and not self.args.disable_dp and self._dp_steps > 0:
-            logs["epsilon"] = round(self.privacy_ledger.epsilon(), 6)
+        if self.args.dp_enabled and not self.args.disable_dp:
+            if not self.args.log_private_loss:
+                logs = {k: v for k, v in logs.items() if k not in PRIVATE_LOG_KEYS}
+            if self._dp_steps > 0:
+                logs["epsilon"] = round(self.privacy_ledger.epsilon(), 6)
         super().log(logs, start_time)
 
     def save_privacy_artifacts(self, output_dir: str) -> None:
@@ -680,13 +798,14 @@ class DPTrainer(Trainer):
             repo_id=self.args.hub_model_id,
         )
 
-    #: What the privacy card calls this model.
-    model_card_kind = "teacher"
+    #: What the privacy card calls this model: a DP fine-tune (the pipeline writes its teacher's card itself).
+    model_card_kind = "dp_finetune"
 
     def model_card_method(self) -> dict[str, Any]:
         report = self.privacy_report()
         return {
-            "method": "DP-SGD fine-tuning (DPTrainer)",
+            "name": "DP-SGD fine-tuning (DPTrainer)",
+            "privacy_unit": self.privacy_unit,
             "per_sample_max_grad_norm": report["per_sample_max_grad_norm"],
             "noise_multiplier": report["noise_multiplier"],
             "expected_batch_size": report["expected_batch_size"],
@@ -712,13 +831,14 @@ class DPTrainer(Trainer):
                     {
                         "noise_generator": self._noise_generator.get_state(),
                         "dp_seed": self._dp_seed,  # secret: checkpoints stay with the private data
+                        "noise_draw": self._noise_draw,
                         "dp_steps": self._dp_steps,
                         "noise_multiplier": self.dp_noise_multiplier,
                         "sample_rate": self.dp_sample_rate,
                     },
                     buf,
                 )
-                atomic_write_bytes(os.path.join(output_dir, DP_STATE_NAME), buf.getvalue())
+                atomic_write_bytes(os.path.join(output_dir, DP_STATE_NAME), buf.getvalue(), secret=True)
 
     # -- resume -----------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
@@ -751,9 +871,12 @@ class DPTrainer(Trainer):
             )
         if "dp_seed" in state:  # the interrupted run's draws continue (sampler and noise)
             self._use_dp_seed(state["dp_seed"])
+        self._noise_draw = state.get("noise_draw", self._noise_draw)
         self._noise_generator.set_state(state["noise_generator"])
         self._dp_steps = int(state["dp_steps"])
         if not self.args.disable_dp:
             saved = PrivacyLedger.load(checkpoint)
             saved.delta = self.privacy_ledger.delta
             self.privacy_ledger.releases = saved.releases
+            own = [r for r in saved.releases if r.meta.get("noise_draw") == self._noise_draw]
+            self._dp_release_name = own[0].name if own else None
