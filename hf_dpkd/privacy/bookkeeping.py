@@ -35,6 +35,12 @@ from hf_dpkd.privacy.grad_samplers import rms_norm_classes
 FAST_MODES = ("bookkeeping", "ghost")
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype per-sample norms and clipped sums are kept in: float32, or `dtype` if it is wider (bf16
+    weights still get float32 norms, clipping factors and sums; rounding them to bf16 could exceed C)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _layer_kinds() -> dict[type, str]:
     kinds: dict[type, str] = {
         nn.Linear: "linear",
@@ -359,7 +365,7 @@ class FastClippingModule(nn.Module):
             if call.grad is None:  # the loss did not depend on this call
                 continue
             for p, c in _contributions(call, n):
-                g = _clipped(c, coef, p.shape).to(p.dtype)
+                g = _clipped(c, coef, p.shape).to(accumulation_dtype(p.dtype))  # float32 for bf16 weights
                 out[p] = g if p not in out else out[p] + g
         return out
 

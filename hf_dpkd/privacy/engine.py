@@ -17,11 +17,21 @@ Clipping modes (`CLIPPING_MODES`):
   (bookkeeping.py). Equal to the per-example reference up to float32 rounding; the sum over micro-batches
   is not bit-identical across micro-batch sizes (matrix products change their summation order).
 - ``auto``: ``bookkeeping`` when every trainable layer has a closed form there, else ``hooks``.
+
+Every mode sees a parameter only through the forward of a module that owns it (Opacus' and the package's
+hooks are per module). A trainable weight used anywhere else, e.g. a functional ``F.linear(h, emb.weight)``,
+would have its gradient dropped (``hooks``, ``bookkeeping``) or added unclipped (``ghost``); the first
+training forward of the wrapped model is therefore probed once (`_ParameterUseProbe`) and such a model is
+refused before its first backward. Per-sample norms, clipping factors and clipped sums are float32 (or
+the parameters' dtype if wider), also for bf16 weights; the update is cast to the parameters' dtype only
+after the noise is added.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -32,9 +42,16 @@ from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
 )
 from opacus.optimizers.optimizer import DPOptimizer, _generate_noise
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 import hf_dpkd.privacy.grad_samplers  # noqa: F401  (registers Conv1D / RMSNorm samplers)
-from hf_dpkd.privacy.bookkeeping import FastClippingModule, unsupported_layers, uses_activation_checkpointing
+from hf_dpkd.privacy.bookkeeping import (
+    FastClippingModule,
+    accumulation_dtype,
+    unsupported_layers,
+    uses_activation_checkpointing,
+)
 
 CLIPPING_MODES = ("hooks", "ghost", "bookkeeping", "auto")
 
@@ -50,6 +67,136 @@ def _tied_parameter_names(model: nn.Module) -> list[str]:
             if p.requires_grad:
                 owners.setdefault(id(p), []).append(f"{mod_name}.{p_name}" if mod_name else p_name)
     return [names[0] for names in owners.values() if len(names) > 1]
+
+
+# Ops that read a parameter without carrying its gradient anywhere (property reads returning non-tensors are
+# skipped anyway: only ops returning a tensor count as a use).
+_NOT_A_USE = {
+    torch.Tensor.detach,
+    torch.Tensor.detach_,
+    torch.Tensor.requires_grad_,
+    torch.Tensor.data.__get__,
+    torch.Tensor.grad.__get__,
+}
+
+
+class _UseRecorder(TorchFunctionMode):
+    def __init__(self, probe: _ParameterUseProbe):
+        super().__init__()
+        self.probe = probe
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.probe.record(func, args, kwargs, out)
+        return out
+
+
+class _ParameterUseProbe:
+    """One-time check that every trainable parameter is used only inside the forward of a module owning it.
+
+    The per-sample hooks of every clipping mode sit on modules: a parameter used by an op while no module
+    that directly owns it is running (a functional ``F.linear(h, emb.weight)`` in a parent's forward) gets
+    gradient no hook measured. During the first grad-enabled forward of `model`, a TorchFunctionMode sees
+    every op and module pre/post hooks keep the set of running modules; the hooks are removed after a clean
+    forward (no per-step cost), and stay (refusing every forward) if a bad use was found. A module that ties
+    the SAME Parameter (GPT-2's lm_head is an nn.Linear whose weight is wte's) owns it too, which is fine.
+    For ``ghost`` it also refuses a forward under bf16/fp16 autocast (see `_low_precision_ghost`).
+    """
+
+    def __init__(self, model: nn.Module, mode: str, requested_mode: str):
+        self.model, self.mode = model, mode
+        self.label = repr(requested_mode) + ("" if mode == requested_mode else f" (runs as {mode!r})")
+        self.names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+        self.device_type = next(p for p in model.parameters() if p.requires_grad).device.type
+        self.module_names = {id(m): f"{n or '<root>'} ({type(m).__name__})" for n, m in model.named_modules()}
+        self.owned = {
+            id(m): [id(p) for p in m.parameters(recurse=False) if id(p) in self.names]
+            for m in model.modules()
+        }
+        self.running: Counter[int] = Counter()  # parameter id -> running modules that own it
+        self.stack: list[nn.Module] = []
+        self.recorder: _UseRecorder | None = None
+        self.found: str | None = None
+        self.handles = []
+        for module in model.modules():
+            self.handles.append(module.register_forward_pre_hook(self._enter))
+            self.handles.append(module.register_forward_hook(self._exit, always_call=True))
+
+    def _enter(self, module: nn.Module, _inputs) -> None:
+        if self.recorder is None:
+            if module is not self.model or not torch.is_grad_enabled():
+                return
+            if self.found is not None:  # refused once: refuse again before anything runs
+                raise ValueError(self.found)
+            self.recorder = _UseRecorder(self)
+            self.recorder.__enter__()
+        self.stack.append(module)
+        self.running.update(self.owned[id(module)])
+
+    def _exit(self, module: nn.Module, _inputs, output) -> None:
+        if self.recorder is None or not self.stack or self.stack[-1] is not module:
+            return
+        self.stack.pop()
+        self.running.subtract(self.owned[id(module)])
+        if module is not self.model:
+            return
+        self.recorder.__exit__(None, None, None)
+        self.recorder = None
+        self.stack, self.running = [], Counter()
+        if self.found is not None:
+            raise ValueError(self.found)
+        if output is not None:  # a clean, complete forward: nothing left to check
+            self.remove()
+
+    def record(self, func, args, kwargs, out) -> None:
+        """Called by the TorchFunctionMode after every op of the probed forward."""
+        if self.found is not None or not torch.is_grad_enabled():
+            return
+        if self.mode == "ghost" and torch.is_autocast_enabled(self.device_type):
+            dtype = torch.get_autocast_dtype(self.device_type)
+            if accumulation_dtype(dtype) != dtype:
+                self.found = _low_precision_ghost(self.label, f"{dtype} autocast is on")
+                return
+        if func in _NOT_A_USE or not any(isinstance(t, torch.Tensor) for t in tree_flatten(out)[0]):
+            return  # .detach(), and reads of shape, dtype, device, ...
+        for t in tree_flatten((args, kwargs))[0]:
+            if isinstance(t, torch.Tensor) and id(t) in self.names and self.running[id(t)] == 0:
+                where = self.module_names.get(id(self.stack[-1]), "?") if self.stack else "?"
+                op = getattr(func, "__name__", repr(func))
+                if op == "__get__":  # a property such as .T
+                    op = getattr(getattr(func, "__self__", None), "__name__", op)
+                effect = (
+                    "added to the update without being clipped"
+                    if self.mode == "ghost"
+                    else "silently left out of the update"
+                )
+                self.found = (
+                    f"clipping_mode={self.label}: the trainable parameter {self.names[id(t)]!r} is used by "
+                    f"`{op}` in the forward of {where}, a module that does not own it, so no per-sample hook "
+                    f"sees that use and its gradient would be {effect}. No clipping mode supports such a use: "
+                    "call the weight through a module that owns it (e.g. an nn.Linear whose .weight is that "
+                    "same Parameter, the way transformers ties lm_head to the input embedding), or freeze it "
+                    "(requires_grad=False)."
+                )
+                return
+
+    def remove(self) -> None:
+        if self.recorder is not None:
+            self.recorder.__exit__(None, None, None)
+            self.recorder = None
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def _low_precision_ghost(label: str, why: str) -> str:
+    return (
+        f"clipping_mode={label} computes the clipped sum with a second backward, which runs in low precision "
+        f"here ({why}): its rounding moves an example's contribution off the norm its clipping factor was "
+        "computed for, above the clip norm C by up to about 1%. Use clipping_mode='bookkeeping' (one backward, "
+        "norms and clipped sums in float32, least memory) or 'hooks', or train in float32."
+    )
 
 
 def resolve_clipping_mode(model: nn.Module, clipping_mode: str) -> str:
@@ -76,22 +223,41 @@ def attach_grad_sampler(model: nn.Module, clipping_mode: str, max_grad_norm: flo
             f"(layers with buffers such as BatchNorm mix samples): {errors[0]}. Replace them (e.g. "
             "opacus.validators.ModuleValidator.fix(model) swaps BatchNorm for GroupNorm) or freeze them."
         )
+    if mode == "ghost":
+        low = [
+            (n, p.dtype)
+            for n, p in model.named_parameters()
+            if p.requires_grad and p.dtype != accumulation_dtype(p.dtype)
+        ]
+        if low:
+            raise ValueError(
+                _low_precision_ghost(
+                    repr(clipping_mode), f"the trainable parameter {low[0][0]!r} is {low[0][1]}"
+                )
+            )
     if mode == "bookkeeping" or (mode == "ghost" and _tied_parameter_names(model)):
         # Opacus' ghost clipping refuses tied parameters; this engine computes their norm exactly.
-        return FastClippingModule(model, max_grad_norm, mode=mode)
-    if mode == "ghost":
-        return GradSampleModuleFastGradientClipping(
+        wrapper = FastClippingModule(model, max_grad_norm, mode=mode)
+    elif mode == "ghost":
+        wrapper = GradSampleModuleFastGradientClipping(
             model,
             batch_first=True,
             loss_reduction="sum",
             max_grad_norm=max_grad_norm,
             use_ghost_clipping=True,
         )
-    return GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    else:
+        wrapper = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    # Set through __dict__: Opacus' wrappers forward unknown attribute reads to the model.
+    wrapper.__dict__["_parameter_use_probe"] = _ParameterUseProbe(model, mode, clipping_mode)
+    return wrapper
 
 
 def detach_grad_sampler(grad_sample_module: nn.Module) -> None:
     """Remove Opacus' hooks and per-sample buffers from the wrapped model."""
+    probe = grad_sample_module.__dict__.pop("_parameter_use_probe", None)
+    if probe is not None:
+        probe.remove()
     grad_sample_module.remove_hooks()
     for p in grad_sample_module._module.parameters():
         for attr in (
@@ -172,6 +338,7 @@ class DPSGDOptimizer(DPOptimizer):
 
     @staticmethod
     def _accumulate(p: torch.Tensor, contribution: torch.Tensor) -> None:
+        contribution = contribution.to(accumulation_dtype(p.dtype))  # float32 sums for bf16 weights
         summed = getattr(p, "summed_grad", None)
         p.summed_grad = contribution if summed is None else summed + contribution
 
@@ -180,23 +347,29 @@ class DPSGDOptimizer(DPOptimizer):
 
         Adding the examples sequentially makes the float32 sum independent of how the logical batch was
         cut into micro-batches: the update is bit-for-bit the same for any max_physical_batch_size.
+        Norms, factors and sums are float32 (or wider) whatever the per-sample gradients' dtype (bf16
+        weights): the per-sample gradients are read as they are, only the accumulation is widened.
         """
-        grads = []
+        grads, acc = [], []
         for p in self.params:
             g = getattr(p, "grad_sample", None)
             if g is None:  # a parameter this micro-batch did not touch: zero per-sample gradients
                 g = torch.zeros((n, *p.shape), device=p.device, dtype=p.dtype)
             elif isinstance(g, list):
                 g = torch.cat(g, dim=0)
-            grads.append(g.to(p.dtype))
-        norms = torch.stack([g.reshape(n, -1).norm(2, dim=-1) for g in grads], dim=1).norm(2, dim=1)
+            grads.append(g)
+            acc.append(accumulation_dtype(torch.promote_types(g.dtype, p.dtype)))
+        norm_dtype = functools.reduce(torch.promote_types, acc, torch.float32)
+        norms = torch.stack(
+            [torch.linalg.vector_norm(g.reshape(n, -1), dim=-1, dtype=norm_dtype) for g in grads], dim=1
+        ).norm(2, dim=1)
         factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0).tolist()
         sums = []
-        for p in self.params:
+        for p, dtype in zip(self.params, acc):
             if getattr(p, "summed_grad", None) is None:
-                p.summed_grad = torch.zeros_like(p)
+                p.summed_grad = torch.zeros_like(p, dtype=dtype)
             sums.append(p.summed_grad)
-        for i, factor in enumerate(factors):
+        for i, factor in enumerate(factors):  # (bf16 g[i] are widened inside the add, not rounded)
             torch._foreach_add_(sums, [g[i] for g in grads], alpha=factor)
         for p in self.params:
             p.grad_sample = None
@@ -213,19 +386,21 @@ class DPSGDOptimizer(DPOptimizer):
         for p in self.params:
             summed = getattr(p, "summed_grad", None)
             if summed is None:  # empty logical batch on this rank: only noise
-                summed = torch.zeros_like(p)
+                summed = torch.zeros_like(p, dtype=accumulation_dtype(p.dtype))
             noise_here = (not self.distributed) or dist.get_rank() == 0
             if noise_here and self.noise_multiplier > 0:
                 # In place on the fresh noise tensor (no extra full-size copies; same values as summed + noise).
                 grad = _generate_noise(
                     std=self.noise_multiplier * self.max_grad_norm, reference=summed, generator=self.generator
-                ).view_as(p)
+                )
+                grad = grad.to(summed.dtype).view_as(p)
                 grad.add_(summed.view_as(p))
             else:
                 grad = summed.view_as(p).clone()
             if self.distributed:
                 dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-            p.grad = grad.div_(self.expected_batch_size_exact)
+            # Rounded to the parameters' dtype (bf16) only now, after the noise: post-processing.
+            p.grad = grad.div_(self.expected_batch_size_exact).to(p.dtype)
             p.summed_grad = None
             p.grad_sample = None
         if self.on_step is not None:
