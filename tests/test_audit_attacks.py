@@ -19,6 +19,7 @@ from hf_dpkd.audit.mia import (
     run_membership_inference,
 )
 from hf_dpkd.audit.scoring import score_records
+from tests.tolerances import assert_matches_reference
 
 PREFIX = "Business Category: Restaurants\tReview Stars: 5.0\n\n"
 
@@ -85,13 +86,29 @@ def reference_token_stats(model, tok, prefix, text):
 
 
 def test_scores_match_loop_and_exclude_prefix(model, tok):
+    """Batched, padded float32 scores against a float64 loop (tests/tolerances.py; a vocabulary sum per value).
+
+    sigma**2 is computed in float32 as E[lp^2] - mu^2, a difference of terms about 200 times larger, so it
+    is held to the rounding of E[lp^2]; its error reached 0.87 of the old absolute bound on sigma (1e-4)
+    with AVX2 kernels. Measured now: log-probs and mu relative error 2.3e-7 (limit 1e-5); sigma**2 0.33 of
+    its element unit (limit 16). Statistics of the next position (off by one) give 2e-2 to 3e-2 for
+    log-probs and mu and 59 to 105 element units for sigma**2: both fail. The min-k++ check in
+    test_attack_scores_hand_computed pins sigma closer: 0.1 % on sigma moves it by 0.8e-3 to 1.8e-3."""
     scored = score_records(model, tok, RECORDS, batch_size=3, show_progress=False)
+    vocab = model.config.vocab_size
     for (prefix, text), s in zip(RECORDS, scored):
         lp, mu, sd = reference_token_stats(model, tok, prefix, text)
         assert s.num_tokens == len(tok(text, add_special_tokens=False)["input_ids"])  # text tokens only
-        np.testing.assert_allclose(s.token_logprobs, lp, atol=1e-5)
-        np.testing.assert_allclose(s.mu, mu, atol=1e-5)
-        np.testing.assert_allclose(s.sigma, sd, atol=1e-4)
+        ours, ref = (torch.tensor(np.stack(x)) for x in ((s.token_logprobs, s.mu), (lp, mu)))
+        assert_matches_reference(ours, ref, what=f"log-probs and mu of {text!r}", terms=vocab)
+        second = float((sd**2 + mu**2).max())  # E[lp^2]: the size of the terms sigma**2 is the difference of
+        assert_matches_reference(
+            torch.tensor(s.sigma**2),
+            torch.tensor(sd**2),
+            what=f"sigma**2 of {text!r}",
+            terms=vocab,
+            scale=second,
+        )
         assert s.loss == pytest.approx(-lp.mean(), abs=1e-5)
 
 

@@ -151,8 +151,8 @@ def score_records(
             if distribution_stats:
                 p = logp.exp()
                 mu = (p * logp).sum(-1)
-                second = (p * logp.square()).sum(-1)
-                sigma = (second - mu.square()).clamp_min(0).sqrt()
+                # centred second moment: E[lp^2] - mu^2 would subtract two numbers ~200x larger than it
+                sigma = (p * (logp - mu.unsqueeze(-1)).square()).sum(-1).sqrt()
             for i, (ctx, txt) in enumerate(batch):
                 lo, hi = len(ctx) - 1, len(ctx) - 1 + len(txt)
                 if len(ctx) == 0:  # no context and no BOS: the first text token cannot be scored

@@ -346,7 +346,8 @@ class DPSGDOptimizer(DPOptimizer):
         """Opacus' per-sample clipping, with the clipped gradients added one example at a time, in order.
 
         Adding the examples sequentially makes the float32 sum independent of how the logical batch was
-        cut into micro-batches: the update is bit-for-bit the same for any max_physical_batch_size.
+        cut into micro-batches: given the same per-sample gradients, the sum is bit-for-bit the same for any
+        max_physical_batch_size (the gradients themselves may round differently with the batch shape).
         Norms, factors and sums are float32 (or wider) whatever the per-sample gradients' dtype (bf16
         weights): the per-sample gradients are read as they are, only the accumulation is widened.
         """
