@@ -45,11 +45,23 @@ def main(argv=None) -> int:
     set_cpu_threads(config.pipeline.cpu_threads)
     pipeline = Pipeline(config)
     try:
-        pipeline.run_stages()
+        if config.pipeline.repeats > 1:
+            from hf_dpkd.draws import run_draws
+
+            run_draws(config)
+        else:
+            pipeline.run_stages()
     except (RunDirLockedError, RunDirMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     run = pipeline.run.path
+    if config.pipeline.repeats > 1:
+        print(
+            "\n"
+            + (run / "results.md").read_text()
+            + f"\nartifacts: {run} (one run per draw in {run / 'draws'})"
+        )
+        return 0
     table = run / "results.md"
     if table.is_file():
         print("\n" + table.read_text())
