@@ -97,6 +97,45 @@ def test_domain_read_off_private_data_is_loud_and_recorded(caplog):
     assert "NOT covered" in caplog.text
     assert dist.meta["domain_from_private_data"] is True
     assert ledger.releases[0].meta["domain_from_private_data"] is True
+    # ...and recorded as a NON-private release: a value held by one record is revealed with certainty,
+    # so the ledger's epsilon (and every epsilon composing it) is infinite
+    domain = ledger.get("control_code_domain")
+    assert domain is not None and not domain.is_private and domain.meta["columns"] == FMT.columns
+    assert "read off the private training data" in domain.meta["reason"]
+    assert dist.meta["domain_release"] == "control_code_domain"
+    assert ledger.epsilon() == float("inf")
+    assert PrivacyLedger(delta=1e-5).compose(ledger).epsilon() == float("inf")
+
+
+def test_declared_domain_records_nothing_non_private():
+    ledger = PrivacyLedger(delta=1e-5)
+    dp_control_code_distribution(_private(), FMT, 5.0, ledger, domain=DOMAIN, seed=0)
+    assert ledger.non_private_releases == [] and np.isfinite(ledger.epsilon())
+
+
+def test_uniform_and_exact_record_what_they_read_off_the_private_data(caplog):
+    # uniform over a declared domain: free, nothing recorded even when a ledger is given
+    ledger = PrivacyLedger(delta=1e-5)
+    uni = uniform_distribution(FMT, DOMAIN, ledger=ledger)
+    assert ledger.releases == [] and uni.meta == {}
+    # uniform over the values of the private data: recorded as non-private, epsilon infinite
+    with pytest.warns(UserWarning, match="read off the private data"):
+        read = uniform_distribution(FMT, dataset=_private(), ledger=ledger)
+    assert sorted(read.codes) == sorted(uniform_distribution(FMT, DOMAIN).codes)
+    assert read.meta["domain_from_private_data"] is True
+    assert [r.name for r in ledger.non_private_releases] == ["control_code_domain"]
+    assert ledger.epsilon() == float("inf")
+    with pytest.raises(ValueError, match="pass ledger= to record that release"):
+        uniform_distribution(FMT, dataset=_private())
+    # exact: always a non-private release when a ledger is given
+    ledger = PrivacyLedger(delta=1e-5)
+    with caplog.at_level(logging.WARNING):
+        exact = exact_private_distribution(_private(), FMT, ledger=ledger)
+    assert "NOT differentially private" in caplog.text and "recorded in the privacy ledger" in caplog.text
+    release = ledger.get("control_code_histogram_exact")
+    assert release is not None and not release.is_private and release.meta["num_codes"] == len(exact.codes)
+    assert exact.leaks_private_data and exact.meta["release"] == "control_code_histogram_exact"
+    assert ledger.epsilon() == float("inf")
 
 
 def test_all_zero_noisy_counts_fall_back_to_uniform(caplog):

@@ -11,7 +11,14 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from hf_dpkd.data import loaders
-from hf_dpkd.data.loaders import CPC_SECTIONS, known_dataset_names, load_private_dataset
+from hf_dpkd.data.loaders import (
+    CPC_SECTIONS,
+    DBPEDIA_CLASSES,
+    YELP_CATEGORIES,
+    declared_domain,
+    known_dataset_names,
+    load_private_dataset,
+)
 
 
 def _rows(n=30):
@@ -271,3 +278,50 @@ def test_known_names_listed():
         "yelp",
         "yelp_review_full",
     ]
+
+
+def test_known_datasets_declare_their_public_control_code_domain(monkeypatch, tmp_path):
+    """The values each control field can take, from the dataset's schema, never from its records."""
+    stars = ["1.0", "2.0", "3.0", "4.0", "5.0"]
+    assert declared_domain("yelp", [("stars", "Review Stars")]) == {"stars": stars}
+    assert declared_domain("yelp_review_full", [("stars", "Review Stars")]) == {"stars": stars}
+    patents = declared_domain("big_patent", [("cpc_section", "Section")])
+    assert patents == {"cpc_section": list(CPC_SECTIONS.values())} and len(patents["cpc_section"]) == 9
+    assert "Human Necessities" in patents["cpc_section"]
+    assert declared_domain(
+        "big_patent", [("cpc_section", "Section")], hub_kwargs={"sections": ["g", "h"]}
+    ) == {"cpc_section": ["Physics", "Electricity"]}
+    dbpedia = declared_domain("dbpedia", [("category", "Category")])
+    assert dbpedia == {"category": list(DBPEDIA_CLASSES)} and len(dbpedia["category"]) == 14
+    # Yue et al.'s Yelp folder: ten business categories and five star ratings, as the loader writes them
+    yue = declared_domain("data/yelp", [("label1", "Business Category"), ("label2", "Review Stars")])
+    assert yue == {"label1": list(YELP_CATEGORIES), "label2": stars} and len(YELP_CATEGORIES) == 10
+    assert {"Restaurants", "Beauty & Spas"} <= set(YELP_CATEGORIES)
+    # a local dataset the loaders know nothing about declares nothing (a column of another name neither)
+    assert declared_domain("reviews.csv", [("city", "City"), ("stars", "Stars")]) == {}
+    assert declared_domain("dbpedia", [("label", "Label")]) == {}
+
+    # the values the loaders produce lie in the declared domain
+    for split, n in (("train", 6), ("test", 2)):
+        pd.DataFrame(
+            {
+                "text": [f"review {i}" for i in range(n)],
+                "label1": [f"Business Category: {YELP_CATEGORIES[i]}" for i in range(n)],
+                "label2": [f"Review Stars: {1 + i % 5}.0" for i in range(n)],
+            }
+        ).to_csv(tmp_path / f"{split}.csv", index=False)
+    ds, fields = load_private_dataset(str(tmp_path))
+    domain = declared_domain(str(tmp_path), fields)
+    for column in ("label1", "label2"):
+        assert set(ds["train"][column]) <= set(domain[column])
+    # a Hub schema stood in offline (load_dataset patched: after the local files)
+    features = Features({"label": ClassLabel(names=list(DBPEDIA_CLASSES)), "content": Value("string")})
+    data = {"label": [0, 13, 5], "content": ["a", "b", "c"]}
+    _fake_hub(
+        monkeypatch,
+        lambda path, name: DatasetDict(
+            {s: Dataset.from_dict(data, features=features) for s in ("train", "test")}
+        ),
+    )
+    ds, fields = load_private_dataset("dbpedia")
+    assert set(ds["train"]["category"]) <= set(declared_domain("dbpedia", fields)["category"])

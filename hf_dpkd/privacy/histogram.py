@@ -8,7 +8,9 @@ for comparison only and is flagged as NOT private everywhere it goes.
 
 The SET of codes is part of the release too: the histogram runs over a domain declared public (the
 cross product of each field's public values), so a code seen only in the private data is not revealed
-by its presence. A domain read off the private data is allowed, warned about, and recorded as not covered.
+by its presence. A domain read off the private data is allowed, warned about, and recorded in the ledger
+as a NON-private release (a value held by one record is revealed with certainty): every epsilon that
+composes that ledger is infinite. The exact histogram is recorded the same way when given a ledger.
 """
 
 from __future__ import annotations
@@ -148,14 +150,27 @@ def _domain_codes(fmt: ControlCodeFormat, domain: Mapping[str, Sequence[Any]]) -
     return codes
 
 
+#: Ledger name of the non-private release of a control-code domain read off the private data.
+DOMAIN_RELEASE = "control_code_domain"
+DOMAIN_REASON = "the set of control-code values was read off the private training data"
+#: Ledger name of the non-private release of the exact private histogram.
+EXACT_RELEASE = "control_code_histogram_exact"
+
+
 def _data_domain(dataset, fmt: ControlCodeFormat) -> dict[str, list[str]]:
     message = (
         "The control-code domain (the set of possible values) is read off the private data and is NOT covered "
-        "by the DP guarantee; declare it public with `domain=` (or ControlCodeFormat(domain=...))."
+        "by the DP guarantee: it is recorded as a non-private release, so the ledger's epsilon is infinite. "
+        "Declare it public with `domain=` (or ControlCodeFormat(domain=...))."
     )
     logger.warning(message)
     warnings.warn(message, UserWarning, stacklevel=3)
     return {c: sorted({str(v) for v in dataset[c]}) for c in fmt.columns}
+
+
+def record_domain_release(ledger: PrivacyLedger, columns: Sequence[str], name: str = DOMAIN_RELEASE):
+    """Record in `ledger` that the values of `columns` were read off the private data (NOT private)."""
+    return ledger.record_non_private(name, reason=DOMAIN_REASON, columns=list(columns))
 
 
 def _check_columns(dataset, fmt: ControlCodeFormat) -> None:
@@ -186,7 +201,8 @@ def dp_control_code_distribution(
 
     Each count gets N(0, noise_multiplier^2) noise (L2 sensitivity 1: one example has one code), negative
     counts are clipped to 0 and the result renormalised (uniform if every noisy count is <= 0). The
-    domain is `domain`, else `fmt.domain`, else read off the data (warned, recorded as not covered).
+    domain is `domain`, else `fmt.domain`, else read off the data: warned about, and recorded in `ledger`
+    as the non-private release ``control_code_domain``, which makes the ledger's epsilon infinite.
     `seed` makes the noise reproducible: only for tests, since anyone knowing it can remove the noise.
     """
     if not isinstance(noise_multiplier, int | float) or not noise_multiplier > 0:
@@ -245,21 +261,49 @@ def dp_control_code_distribution(
         # fresh noise: each call is a distinct release, even with the same settings (see PrivacyLedger.compose)
         **({"noise_draw": uuid.uuid4().hex} if seed is None else {"noise_seed": seed}),
     )
+    if from_private:
+        meta["domain_release"] = record_domain_release(ledger, fmt.columns).name
     return ControlCodeDistribution(fmt.columns, codes, clipped.tolist(), "dp", meta)
 
 
 def uniform_distribution(
-    fmt: ControlCodeFormat, domain: Mapping[str, Sequence[str]] | None = None
+    fmt: ControlCodeFormat,
+    domain: Mapping[str, Sequence[str]] | None = None,
+    *,
+    dataset=None,
+    ledger: PrivacyLedger | None = None,
 ) -> ControlCodeDistribution:
-    """Every code of the public domain (`domain` or `fmt.domain`) equally likely: no privacy cost."""
+    """Every code of the public domain (`domain` or `fmt.domain`) equally likely: no privacy cost.
+
+    Without a public domain, `dataset` (the private data) may supply the values, with `ledger`: that is
+    NOT private (a value held by one record is revealed), so it is warned about and recorded in `ledger`
+    as the non-private release ``control_code_domain`` (the ledger's epsilon becomes infinite). With a
+    public domain nothing is recorded.
+    """
     domain = domain if domain is not None else fmt.domain
+    meta: dict[str, Any] = {}
     if domain is None:
-        raise ValueError(
-            "uniform_distribution needs the public domain: pass domain={column: [values]} or "
-            "ControlCodeFormat(domain=...)."
-        )
-    codes = _domain_codes(fmt, domain)
-    return ControlCodeDistribution(fmt.columns, codes, [1.0] * len(codes), "uniform", {})
+        if dataset is None:
+            raise ValueError(
+                "uniform_distribution needs the public domain: pass domain={column: [values]} or "
+                "ControlCodeFormat(domain=...)."
+            )
+        if ledger is None:
+            raise ValueError(
+                "uniform_distribution(dataset=...) reads the domain off the private data, which is NOT private: "
+                "pass ledger= to record that release (its epsilon becomes infinite), or declare the domain public "
+                "with domain={column: [values]}."
+            )
+        _check_columns(dataset, fmt)
+        domain = _data_domain(dataset, fmt)
+        codes = _domain_codes(fmt, domain)
+        meta = {
+            "domain_from_private_data": True,
+            "domain_release": record_domain_release(ledger, fmt.columns).name,
+        }
+    else:
+        codes = _domain_codes(fmt, domain)
+    return ControlCodeDistribution(fmt.columns, codes, [1.0] * len(codes), "uniform", meta)
 
 
 def public_distribution(
@@ -279,11 +323,20 @@ def public_distribution(
     return ControlCodeDistribution(fmt.columns, checked, list(probs), "public", {"declared_public": True})
 
 
-def exact_private_distribution(dataset, fmt: ControlCodeFormat) -> ControlCodeDistribution:
-    """The exact private histogram. NOT private: for comparisons only; flagged in meta and warned about."""
+def exact_private_distribution(
+    dataset, fmt: ControlCodeFormat, *, ledger: PrivacyLedger | None = None
+) -> ControlCodeDistribution:
+    """The exact private histogram. NOT private: for comparisons only; flagged in meta and warned about.
+
+    With `ledger`, the release is recorded there as the non-private ``control_code_histogram_exact``:
+    the ledger's epsilon, and every epsilon composing it, becomes infinite.
+    """
     logger.warning(
         "control-code distribution 'exact' releases the EXACT private histogram of control codes: this is NOT "
-        "differentially private and is not in the privacy ledger. Use 'dp' (default), 'uniform' or 'public'."
+        "differentially private%s. Use 'dp' (default), 'uniform' or 'public'.",
+        " (recorded in the privacy ledger as a non-private release: epsilon is infinite)"
+        if ledger is not None
+        else " and is not in the privacy ledger",
     )
     counts = private_counts(dataset, fmt)
     if not counts:
@@ -291,9 +344,14 @@ def exact_private_distribution(dataset, fmt: ControlCodeFormat) -> ControlCodeDi
     codes = sorted(counts)
     for code in codes:
         fmt.code_of(fmt.record_of(code))
-    return ControlCodeDistribution(
-        fmt.columns, codes, [counts[c] for c in codes], "exact", {"leaks_private_data": True}
-    )
+    meta: dict[str, Any] = {"leaks_private_data": True}
+    if ledger is not None:
+        meta["release"] = ledger.record_non_private(
+            EXACT_RELEASE,
+            reason="the exact histogram of control codes of the private training data was released without noise",
+            num_codes=len(codes),
+        ).name
+    return ControlCodeDistribution(fmt.columns, codes, [counts[c] for c in codes], "exact", meta)
 
 
 def allocate_prompts(distribution: ControlCodeDistribution, num_prompts: int, seed: int = 0) -> list[Code]:
