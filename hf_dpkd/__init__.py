@@ -41,6 +41,7 @@ from hf_dpkd.synthetic.generation import (
     generate_synthetic_dataset,
     load_synthetic_dataset,
 )
+from hf_dpkd.synthetic.quality import quality_report
 from hf_dpkd.trainers.distillation import DistillationConfig, DistillationTrainer
 from hf_dpkd.trainers.dp import DPConfig, DPTrainer
 
@@ -58,6 +59,7 @@ __all__ = [
     "load_synthetic_dataset",
     "perplexity",
     "perplexity_metric_path",
+    "quality_report",
     "uniform_distribution",
     "PRIVATE_DATA_MARKER",
     "AuditCanary",

@@ -186,7 +186,8 @@ def privacy_statement(
         "- **Evaluation numbers on private test data** (e.g. perplexity on the private test split) published "
         "with the artifact.",
         "- **The control-code domain** (the set of possible control-code values), if it was taken from the "
-        "private data rather than declared public.",
+        "private data rather than declared public: such a run records it as a non-private release, and ε above "
+        "is then ∞.",
         "- **A known DP seed**: DP-SGD's noise and batches come from a secret seed drawn for each run; a seed "
         "set by hand, or a leaked checkpoint, lets its holder regenerate them.",
         "- **The number of private units N**: it is treated as public (it sets the sample rate and the default "
@@ -421,12 +422,15 @@ def write_dataset_card(
     control_fields: list[str],
     repo_id: str | None = None,
     privacy_unit: str = "one training example (one text)",
+    quality: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``output_dir/README.md`` for a synthetic dataset sampled from the DP teacher `source_model`.
 
     The dataset inherits the teacher's guarantee by post-processing; `control_code_mode` says how prompts'
     control codes were chosen (``"dp_histogram"``, ``"public"``, ``"uniform"``; ``"private"``/``"exact"``
-    are flagged as NOT covered). The usage snippet is plain ``datasets.load_dataset``.
+    are flagged as NOT covered). The usage snippet is plain ``datasets.load_dataset``. `quality` (a
+    :func:`hf_dpkd.synthetic.quality.quality_report`) adds its table in a section saying it is NOT covered
+    by the guarantee (it compares with private held-out text): pass it only when you mean to publish it.
     """
     if not isinstance(num_samples, int) or num_samples <= 0:
         raise ValueError(
@@ -484,6 +488,18 @@ def write_dataset_card(
         ]
     body += [privacy_statement(ledger, privacy_unit=privacy_unit), "## Generation settings", ""]
     body += _settings_table(dict(generation_config))
+    if quality is not None:
+        from hf_dpkd.synthetic.quality import quality_markdown
+
+        body += [
+            "## Synthetic data quality (local, not covered by the guarantee)",
+            "",
+            "How close the synthetic text is to real held-out text (`hf_dpkd.synthetic.quality`). The real "
+            "side is private data, so these numbers are **NOT covered by the differential-privacy guarantee** "
+            "above; they are shown because the dataset's author chose to include them.",
+            "",
+            quality_markdown(quality),
+        ]
     body += [
         "## Usage",
         "",

@@ -43,7 +43,10 @@ from hf_dpkd.run_dir import RunDir, RunDirMismatchError
 logger = logging.getLogger(__name__)
 
 COMPLETE = ".complete"  # marker of a finished model folder
-STUDENT_METHODS = ("distildp", "dp_syn_data", "dp_sgd_student", "dpkd", "on_policy")
+#: Never uploaded from a model folder: checkpoints and DP state (the secret seed), pickled arguments, and the
+#: loggers' folders (the Trainer's logs of private batches).
+NEVER_PUSHED = ["checkpoint-*", "*.pt", "training_args.bin", COMPLETE, "runs/*", "runs/**", "logs/**"]
+STUDENT_METHODS = ("distildp", "dp_syn_data", "dp_sgd_student", "dpkd", "on_policy", "dp_opd")
 METHOD_LABELS = {
     "non_private_teacher": "Teacher, non-private (reference)",
     "teacher": "DP teacher",
@@ -52,6 +55,7 @@ METHOD_LABELS = {
     "dp_sgd_student": "DP-SGD student",
     "dpkd": "DPKD student",
     "on_policy": "On-policy student (DP teacher)",
+    "dp_opd": "DP-OPD student (DP-SGD, on-policy)",
 }
 
 
@@ -288,7 +292,7 @@ class Pipeline:
 
         path = self.run / "secrets" / "dp_seed.json"
         if not path.is_file():
-            atomic_write_text(path, json.dumps({"master": secrets.randbits(62)}))
+            atomic_write_text(path, json.dumps({"master": secrets.randbits(62)}), secret=True)
         master = json.loads(path.read_text())["master"]
         digest = hashlib.sha256(f"{release}:{master}".encode()).digest()
         return int.from_bytes(digest[:8], "big") >> 2
@@ -329,6 +333,7 @@ class Pipeline:
         "audit_mope_perturbations",
         "audit_canary_candidates",
         "cpu_threads",
+        "repeats",
     }
 
     def _check_same_settings(self) -> None:
@@ -367,7 +372,8 @@ class Pipeline:
             public = demo.dataset["public"]
             private = DatasetDict({k: v for k, v in demo.dataset.items() if k != "public"})
             info["control_fields"] = [list(x) for x in demo.control_fields.items()]
-            info["domain"] = demo.domain  # declared public: the categories and star values of the demo
+            # declared public: the categories and star values of the demo (or --control_domain)
+            info.update(self._public_domain(info["control_fields"], demo.domain))
             info["canaries"] = demo.canaries
             public.save_to_disk(str(self.run / "data" / "public"))
             fmt = ControlCodeFormat(fields=tuple(demo.control_fields.items()))
@@ -383,13 +389,17 @@ class Pipeline:
             )
             info["base_models"] = {k: str(v) for k, v in paths.items()}
         else:
-            from hf_dpkd.data.loaders import load_private_dataset
+            from hf_dpkd.data.loaders import declared_domain, load_private_dataset
 
             controls = c.data.control_columns.split(",") if c.data.control_columns else None
             private, control_fields = load_private_dataset(
                 c.data.dataset, text_column=c.data.text_column, control_columns=controls
             )
             info["control_fields"] = [list(x) for x in control_fields]
+            # the loader's public domain of the datasets it knows, and --control_domain (never the records)
+            info.update(
+                self._public_domain(info["control_fields"], declared_domain(c.data.dataset, control_fields))
+            )
             _check_splits(private, c.data.dataset)
             # both models load (and fail on a bad path) before anything is written
             bases = {
@@ -427,32 +437,121 @@ class Pipeline:
         mode = c.data.control_code_distribution
         ledger = PrivacyLedger(accountant=c.pipeline.accountant, delta=self.delta())
         train = self.data()["train"]
+        # Every mode: a domain not declared public is read off the data and recorded as NOT private.
+        domain, domain_release = self._code_domain(train, ledger)
         if mode == "dp":
             dist = histogram.dp_control_code_distribution(
                 train,
                 self.fmt(),
                 c.data.histogram_noise_multiplier,
                 ledger,
-                domain=self.info().get("domain"),
+                domain=domain,
                 seed=None,  # fresh noise: a seed from the recipe would make the released noise removable
             )
         elif mode == "uniform":
-            dist = histogram.uniform_distribution(
-                self.fmt(), self.info().get("domain") or self._code_domain(train)
-            )
+            dist = histogram.uniform_distribution(self.fmt(), domain)  # free over a public domain
         else:
-            dist = histogram.exact_private_distribution(train, self.fmt())
+            print(
+                "WARNING: --control_code_distribution exact releases the EXACT private control-code histogram: "
+                "NOT differentially private; it is recorded in the privacy ledger, so every epsilon that depends "
+                "on it (teacher, synthetic data, students trained on it) is infinite.",
+                flush=True,
+            )
+            dist = histogram.exact_private_distribution(train, self.fmt(), ledger=ledger)
+        if domain_release is not None:
+            dist.meta.update(domain_from_private_data=True, domain_release=domain_release)
+            histogram_release = ledger.get(dist.meta.get("release", ""))
+            if mode == "dp" and histogram_release is not None:
+                histogram_release.meta["domain_from_private_data"] = True
         out = self.run / "histogram"
         out.mkdir(parents=True, exist_ok=True)
         dist.save(out / "control_codes.json")
         ledger.save(out)
-        return {"mode": mode, "epsilon_so_far": ledger.epsilon() if ledger.releases else 0.0}
+        return {
+            "mode": mode,
+            "epsilon_so_far": ledger.epsilon() if ledger.releases else 0.0,
+            "non_private_releases": [r.name for r in ledger.non_private_releases],
+        }
 
-    def _code_domain(self, dataset: Dataset) -> dict[str, list[str]]:
-        logger.warning(
-            "The control-code domain is read off the private data: it is not covered by the guarantee."
+    def _public_domain(self, fields: list[list[str]], declared: dict[str, list[str]]) -> dict[str, Any]:
+        """info's ``domain`` (the public values of each control column known without the records) and
+        ``domain_source``: `declared` by the dataset (loader or demo), overridden per column by --control_domain."""
+        from hf_dpkd.synthetic.control_codes import ControlCodeFormat
+
+        columns = [col for col, _ in fields]
+        domain = {col: [str(v) for v in declared[col]] for col in columns if col in declared}
+        source = {col: "dataset" for col in domain}
+        given = self.config.data.control_domain
+        if given is not None:
+            from hf_dpkd.run_config import parse_control_domain
+
+            user = parse_control_domain(given)
+            unknown = sorted(set(user) - set(columns))
+            if unknown:
+                raise ValueError(
+                    f"--control_domain names column(s) {unknown} that are not control-code columns of "
+                    f"dataset={self.config.data.dataset!r} ({columns}); declare the values of those columns."
+                )
+            fmt = ControlCodeFormat(fields=tuple(tuple(f) for f in fields))
+            for col, values in user.items():
+                for v in values:
+                    try:
+                        fmt.check_value(col, v)
+                    except ValueError as e:
+                        raise ValueError(f"--control_domain: {e}") from None
+                domain[col] = values
+                source[col] = "--control_domain"
+        return {
+            "domain": {col: domain[col] for col in columns if col in domain},
+            "domain_source": {col: source[col] for col in columns if col in source},
+        }
+
+    def _code_domain(
+        self, dataset: Dataset, ledger: PrivacyLedger
+    ) -> tuple[dict[str, list[str]], str | None]:
+        """The domain of every control column, and the name of the non-private release when some were read off.
+
+        Declared columns (info's ``domain``) must hold every value of the training data. A column without a
+        declared domain is read off the private data: a value held by one record is revealed with certainty,
+        so that is recorded in `ledger` as a NON-private release and the run's epsilon becomes infinite.
+        """
+        from hf_dpkd.privacy.histogram import record_domain_release
+
+        info = self.info()
+        declared, source = info.get("domain") or {}, info.get("domain_source") or {}
+        domain: dict[str, list[str]] = {}
+        missing = []
+        for col in self.fmt().columns:
+            if col not in declared:
+                missing.append(col)
+                continue
+            domain[col] = [str(v) for v in declared[col]]
+            outside = sorted({str(v) for v in dataset[col]} - set(domain[col]))
+            if outside:
+                where = (
+                    "--control_domain"
+                    if source.get(col) == "--control_domain"
+                    else "the dataset's public domain"
+                )
+                raise ValueError(
+                    f"{len(outside)} value(s) of control column {col!r} in the training data are outside its "
+                    f"declared domain ({where}), e.g. {outside[0]!r}: pass --control_domain listing every value the "
+                    "column can take (a JSON file {column: [values]} or 'column=v1|v2')."
+                )
+        if not missing:
+            return domain, None
+        message = (
+            f"The control-code values of {missing} are read off the PRIVATE training data: a value held by one "
+            "record is revealed with certainty. This is recorded in the privacy ledger as a non-private release: "
+            "the run's epsilon (teacher, synthetic data and students built on them) is INFINITE. Pass "
+            "--control_domain (a JSON file {column: [values]} or 'column=v1|v2;column2=a|b') declaring the public "
+            "values to fix it."
         )
-        return {col: sorted({str(v) for v in dataset[col]}) for col in self.fmt().columns}
+        logger.warning(message)
+        print(f"WARNING: {message}", flush=True)
+        for col in missing:
+            domain[col] = sorted({str(v) for v in dataset[col]})
+        return domain, record_domain_release(ledger, missing).name
 
     def control_distribution(self):
         from hf_dpkd.privacy.histogram import ControlCodeDistribution
@@ -471,8 +570,14 @@ class Pipeline:
         prior_ledger: Path | None = None,
         release_name: str = "dp_sgd",
         teacher_for_kd: Path | None = None,
+        on_policy: bool = False,
+        teacher_is_public: bool = False,
     ) -> Path:
-        """Train `base` on the private training split: DP-SGD (target_epsilon) or non-private (None)."""
+        """Train `base` on the private training split: DP-SGD (target_epsilon) or non-private (None).
+
+        With `teacher_for_kd`: DPKD, or with `on_policy` DP-OPD (the student's rollouts of each record's prompt,
+        scored by that teacher); the teacher's ledger is composed, or it is declared public (`teacher_is_public`).
+        """
         from hf_dpkd.trainers.dp import DPConfig, DPTrainer
 
         c = self.config
@@ -480,7 +585,10 @@ class Pipeline:
         if (final / COMPLETE).is_file():
             return final
         model, tokenizer = load_model_and_tokenizer(base)
-        train = _tokenize_for_lm(self.data()["train"], tokenizer, self.fmt(), c.data.max_length)
+        # DP-OPD's prompts are each record's control codes (masked: labels -100) plus the start of its text
+        train = _tokenize_for_lm(
+            self.data()["train"], tokenizer, self.fmt(), c.data.max_length, mask_prompt=on_policy
+        )
         common = _training_args(
             output,
             c,
@@ -523,6 +631,20 @@ class Pipeline:
             from hf_dpkd.trainers.distillation import DistillationConfig, DistillationTrainer
 
             teacher, _ = load_model_and_tokenizer(teacher_for_kd)
+            s = c.student
+            loss: dict[str, Any] = dict(
+                alpha_ce=1 - s.kd_lambda,
+                alpha_kd=s.kd_lambda,
+                temperature=s.kd_temperature,
+                kd_loss=s.kd_loss,
+            )
+            if on_policy:  # DP-OPD: generalized JSD on the continuation tokens
+                loss.update(
+                    kd_loss="jsd",
+                    dp_opd=True,
+                    dp_opd_prompt_tokens=s.dp_opd_prompt_tokens,
+                    on_policy_max_new_tokens=max(1, min(s.dp_opd_max_new_tokens, c.data.max_length // 2)),
+                )
             args = DistillationConfig(
                 **common,
                 target_epsilon=target_epsilon,
@@ -534,10 +656,8 @@ class Pipeline:
                 privacy_ledger_path=str(prior_ledger) if prior_ledger else None,
                 privacy_release_name=release_name,
                 dp_seed=self.dp_seed(release_name),
-                alpha_ce=1 - c.student.kd_lambda,
-                alpha_kd=c.student.kd_lambda,
-                temperature=c.student.kd_temperature,
-                kd_loss=c.student.kd_loss,
+                teacher_is_public=teacher_is_public,
+                **loss,
             )
             trainer = DistillationTrainer(
                 model=model,
@@ -619,6 +739,7 @@ class Pipeline:
         )
         ledger = self.teacher_ledger()
         ledger.save(out)
+        quality = self._synthetic_quality(dataset, model, tokenizer, out)
         write_dataset_card(
             out,
             source_model=str(teacher_dir),
@@ -627,8 +748,65 @@ class Pipeline:
             generation_config=vars(gen) if hasattr(gen, "__dict__") else dict(gen),
             num_samples=len(dataset),
             control_fields=[col for col, _ in self.fmt().fields],
+            quality=quality if g.quality_in_card else None,
         )
-        return {"num_samples": len(dataset)}
+        result: dict[str, Any] = {"num_samples": len(dataset)}
+        if quality is not None:
+            from hf_dpkd.synthetic.quality import quality_summary
+
+            result["quality"] = {**quality_summary(quality), "seconds": quality["seconds"]}
+        return result
+
+    #: Texts drawn from each side for the quality report, and records scored for control-code fidelity
+    #: (50 codes each on the demo): about 7 s added to the demo's generate stage on one CPU thread.
+    QUALITY_RECORDS = 300
+    QUALITY_FIDELITY_RECORDS = 32
+
+    def _synthetic_quality(self, dataset: Dataset, model, tokenizer, out: Path) -> dict[str, Any] | None:
+        """The quality report of the synthetic data vs the PRIVATE validation split (never test), written to
+        `out`/quality.json and quality.md (local: not in the push patterns). None when it cannot be computed."""
+        from hf_dpkd.synthetic.quality import quality_report, write_quality_report
+
+        start = time.time()
+        data = self.data()
+        real = list(data["validation"]["text"]) if "validation" in data else []
+        try:
+            reference, reference_tokenizer = load_model_and_tokenizer(self.base_path("teacher"))
+            report = quality_report(
+                dataset,
+                real or None,
+                tokenizer,
+                reference_model=reference,
+                reference_tokenizer=reference_tokenizer,
+                fidelity_model=model,  # the DP teacher: post-processing of a DP model
+                fmt=self.fmt(),
+                codes=self.control_distribution().codes,
+                max_records=self.QUALITY_RECORDS,
+                fidelity_records=self.QUALITY_FIDELITY_RECORDS,
+                seed=self.config.pipeline.seed,
+            )
+        except ValueError as e:  # a diagnostic: it never fails the stage whose data is finished
+            logger.warning("synthetic data quality report skipped: %s", e)
+            print(f"WARNING: synthetic data quality report skipped: {e}", flush=True)
+            return None
+        report["seconds"] = round(time.time() - start, 2)
+        write_quality_report(report, out)
+        m = report["metrics"]
+        line = f"distinct-2 {m['distinct_2']['synthetic']:.3f}, self-BLEU {m['self_bleu']['synthetic']:.3f}"
+        if "unigram_js" in m:
+            line = f"unigram JS {m['unigram_js']:.3f}, bigram JS {m['bigram_js']:.3f}, " + line
+        fid = m["control_code_fidelity"]
+        against = (
+            "vs PRIVATE validation text, local, not covered by the guarantee"
+            if real
+            else "no validation split: synthetic side only"
+        )
+        print(
+            f"    synthetic quality ({report['seconds']:.1f} s; {out / 'quality.md'}; {against}): {line}, "
+            f"control-code accuracy {fid['accuracy']:.2f} (chance {fid['chance']:.2f})",
+            flush=True,
+        )
+        return report
 
     def _card_code_mode(self) -> str:
         return {"dp": "dp_histogram", "uniform": "uniform", "exact": "exact"}[
@@ -722,15 +900,21 @@ class Pipeline:
                     target_epsilon=eps,
                     release_name="student_dp_sgd",
                 )
-            else:  # dpkd: teacher at eps/2, then the student with DP-SGD and the KD loss, composed to eps
-                half_teacher = self._train_private(
-                    self.base_path("teacher"),
-                    self.run / "students" / "dpkd_teacher",
-                    epochs=c.teacher.teacher_epochs,
+            elif method == "dp_opd" and c.student.dp_opd_teacher == "public":
+                # DP-OPD from the public base teacher (never saw the private data): the student spends all of eps
+                final = self._train_private(
+                    self.base_path("student"),
+                    out,
+                    epochs=c.student.dp_student_epochs,
                     learning_rate=c.teacher.teacher_learning_rate,
-                    target_epsilon=eps / 2,
-                    release_name="dpkd_teacher_dp_sgd",
+                    target_epsilon=eps,
+                    release_name="dp_opd_student_dp_sgd",
+                    teacher_for_kd=self.base_path("teacher"),
+                    on_policy=True,
+                    teacher_is_public=True,
                 )
+            else:  # dpkd, dp_opd: teacher at eps/2, then the student with DP-SGD, composed to eps
+                half_teacher = self._half_budget_teacher()
                 final = self._train_private(
                     self.base_path("student"),
                     out,
@@ -738,11 +922,24 @@ class Pipeline:
                     learning_rate=c.teacher.teacher_learning_rate,
                     target_epsilon=eps,
                     prior_ledger=half_teacher,
-                    release_name="dpkd_student_dp_sgd",
+                    release_name=f"{method}_student_dp_sgd",
                     teacher_for_kd=half_teacher,
+                    on_policy=method == "dp_opd",
                 )
             result[method] = str(final)
         return result
+
+    def _half_budget_teacher(self) -> Path:
+        """The teacher of DPKD and DP-OPD: DP-SGD on the private data at eps/2 (trained once, shared by both)."""
+        c = self.config
+        return self._train_private(
+            self.base_path("teacher"),
+            self.run / "students" / "dpkd_teacher",
+            epochs=c.teacher.teacher_epochs,
+            learning_rate=c.teacher.teacher_learning_rate,
+            target_epsilon=c.pipeline.target_epsilon / 2,
+            release_name="dpkd_teacher_dp_sgd",
+        )
 
     # -- stage: evaluate --------------------------------------------------------------------------
     def model_dirs(self) -> dict[str, Path]:
@@ -882,7 +1079,7 @@ class Pipeline:
                 h.push_teacher,
                 private=h.hub_private_repo,
                 token=h.hub_token,
-                ignore_patterns=["checkpoint-*", "*.pt", "training_args.bin", COMPLETE],
+                ignore_patterns=NEVER_PUSHED,
             )
         if h.push_synthetic:
             pushed["synthetic"] = push_folder_to_hub(
@@ -914,7 +1111,7 @@ class Pipeline:
                 h.push_student,
                 private=h.hub_private_repo,
                 token=h.hub_token,
-                ignore_patterns=["checkpoint-*", "*.pt", "training_args.bin", COMPLETE],
+                ignore_patterns=NEVER_PUSHED,
             )
         return pushed
 

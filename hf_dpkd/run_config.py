@@ -6,6 +6,7 @@ command-line flags. Unknown recipe keys and malformed YAML are errors that name 
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 from transformers import HfArgumentParser
 
 STAGES = ("data", "histogram", "teacher", "generate", "students", "evaluate", "audit", "push")
-METHODS = ("non_private_teacher", "distildp", "dp_syn_data", "dp_sgd_student", "dpkd", "on_policy")
+METHODS = ("non_private_teacher", "distildp", "dp_syn_data", "dp_sgd_student", "dpkd", "on_policy", "dp_opd")
 
 
 @dataclass
@@ -31,11 +32,21 @@ class PipelineArguments:
         metadata={"help": f"Comma-separated methods to train and compare: {', '.join(METHODS)}."},
     )
     quick: bool = field(default=False, metadata={"help": "A smoke run: tiny data, models and step counts."})
+    repeats: int = field(
+        default=1,
+        metadata={
+            "help": "Independent DP draws: the private stages (histogram to evaluate) are repeated N times with "
+            "fresh noise in run_dir/draws/draw-K, and results.{json,md,png} report each method's mean and "
+            "standard deviation. Every DP run draws fresh noise: claim an ordering of methods over >= 3 draws."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of every stage."})
     target_epsilon: float = field(default=2.0, metadata={"help": "Total epsilon of each private method."})
     target_delta: float | None = field(
         default=None,
-        metadata={"help": "Delta of the guarantee (default N^-1.1 for N private training examples)."},
+        metadata={
+            "help": "Delta of the guarantee (default min(1e-5, 1/(10 N)) for N private training examples)."
+        },
     )
     accountant: str = field(default="prv", metadata={"help": "Privacy accountant: prv, rdp or gdp."})
     save_steps: int = field(
@@ -63,6 +74,15 @@ class DataArguments:
     text_column: str | None = field(default=None, metadata={"help": "Text column (default: the dataset's)."})
     control_columns: str | None = field(
         default=None, metadata={"help": "Comma-separated control-code columns (default: the dataset's)."}
+    )
+    control_domain: str | None = field(
+        default=None,
+        metadata={
+            "help": "The PUBLIC values of each control-code column, declared without looking at the private "
+            "data: a JSON file {column: [values]} or inline 'column=v1|v2;column2=a|b'. Known datasets (demo, "
+            "yelp, big_patent, dbpedia, Yue et al.'s Yelp folder) declare theirs; for other data, without it "
+            "the values are read off the private data and the run's epsilon is infinite (NOT private)."
+        },
     )
     demo_num_train: int = field(default=3000, metadata={"help": "Embedded demo: private training examples."})
     demo_num_public: int = field(default=4000, metadata={"help": "Embedded demo: public pretraining texts."})
@@ -145,6 +165,14 @@ class GenerationArguments:
         default=128, metadata={"help": "Max tokens including the prompt (paper: 128)."}
     )
     num_return_sequences: int = field(default=2, metadata={"help": "Sequences per prompt (paper: 2)."})
+    quality_in_card: bool = field(
+        default=False,
+        metadata={
+            "help": "Also show the synthetic data quality report in the dataset card (pushed with the data). "
+            "The report compares with PRIVATE validation text and is NOT covered by the guarantee; without this "
+            "flag it is only written locally (synthetic/quality.json, quality.md)."
+        },
+    )
 
 
 @dataclass
@@ -170,6 +198,37 @@ class StudentArguments:
     dp_student_epochs: float = field(
         default=3.0, metadata={"help": "DP-SGD epochs of private-data students."}
     )
+    dp_opd_teacher: str = field(
+        default="dp_half",
+        metadata={
+            "help": "Teacher of the dp_opd method: 'dp_half' (DP-SGD at epsilon/2 on the private data, the dpkd "
+            "teacher; its release is composed, so the student gets the other half) or 'public' (the public base "
+            "teacher, which never saw the private data: the student gets all of epsilon).",
+            "choices": ["dp_half", "public"],
+        },
+    )
+    dp_opd_prompt_tokens: int = field(
+        default=8,
+        metadata={
+            "help": "dp_opd: tokens of each private text after its control codes in the prompt the student continues."
+        },
+    )
+    dp_opd_max_new_tokens: int = field(
+        default=64,
+        metadata={"help": "dp_opd: tokens per student rollout (at most half of --max_length)."},
+    )
+
+    def __post_init__(self):
+        if self.dp_opd_teacher not in ("dp_half", "public"):
+            raise ValueError(
+                f"--dp_opd_teacher {self.dp_opd_teacher!r}: choose dp_half (a DP teacher at epsilon/2, composed) or "
+                "public (the public base teacher)."
+            )
+        if self.dp_opd_prompt_tokens < 0 or self.dp_opd_max_new_tokens < 1:
+            raise ValueError(
+                f"--dp_opd_prompt_tokens {self.dp_opd_prompt_tokens} must be >= 0 and --dp_opd_max_new_tokens "
+                f"{self.dp_opd_max_new_tokens} >= 1."
+            )
 
 
 @dataclass
@@ -258,6 +317,8 @@ class RunConfig:
             self.hub,
         ):
             out.update({f.name: getattr(part, f.name) for f in fields(part)})
+        if out.get("hub_token") is not None:
+            out["hub_token"] = "<HUB_TOKEN>"  # config.json and results.json never hold the token
         return out
 
     @property
@@ -298,6 +359,8 @@ def _typed_recipe(parser: HfArgumentParser, recipe: dict[str, Any], path: str | 
     actions = {a.dest: a for a in parser._actions}
     typed = {}
     for key, value in recipe.items():
+        if key == "control_domain" and isinstance(value, dict):
+            value = json.dumps(value)  # a YAML mapping {column: [values]}: kept as JSON text
         convert = actions[key].type
         if value is None or not callable(convert):
             typed[key] = value
@@ -344,6 +407,82 @@ def parse_run_config(argv: list[str] | None = None) -> RunConfig:
     return config
 
 
+def parse_control_domain(value: str | dict) -> dict[str, list[str]]:
+    """`--control_domain`: a JSON file {column: [values]}, inline ``column=v1|v2;column2=a|b``, or a JSON object.
+
+    A value ending in ``.json``, or holding no ``=``, is a file; one starting with ``{`` is JSON text (a YAML
+    recipe may give a mapping); anything else is the inline list. Values become stripped strings (as the
+    loaders write control values: a JSON 5.0 is "5.0"). Every error names the argument and the fix.
+    """
+    hint = (
+        'give a JSON file {"column": ["value", ...]} or inline \'column=v1|v2;column2=a|b\' (use a file when '
+        "a value holds ';', '|' or '=')"
+    )
+    text = "" if isinstance(value, dict) else str(value).strip()
+    if isinstance(value, dict):
+        raw = value
+    elif text.startswith("{"):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--control_domain {value!r}: not valid JSON ({e}); {hint}.") from None
+    elif text.lower().endswith(".json") or "=" not in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ValueError(f"--control_domain {value!r}: no such file; {hint}.")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(
+                f"--control_domain {value!r}: not a valid UTF-8 JSON file ({e}); {hint}."
+            ) from None
+    else:
+        raw = {}
+        for part in text.split(";"):
+            if not part.strip():
+                continue
+            column, sep, values = part.partition("=")
+            if not sep:
+                raise ValueError(f"--control_domain {value!r}: {part.strip()!r} has no '='; {hint}.")
+            column = column.strip()
+            if column in raw:
+                raise ValueError(
+                    f"--control_domain {value!r}: column {column!r} is given twice; list it once."
+                )
+            raw[column] = values.split("|")
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"--control_domain {value!r}: holds a {type(raw).__name__}, not an object {{column: [values]}}; "
+            f"{hint}."
+        )
+    if not raw:
+        raise ValueError(f"--control_domain {value!r}: declares no column; {hint}.")
+    domain: dict[str, list[str]] = {}
+    for column, values in raw.items():
+        column = str(column).strip()
+        if not column:
+            raise ValueError(f"--control_domain {value!r}: a column name is empty; {hint}.")
+        if not isinstance(values, list) or any(
+            isinstance(v, bool) or not isinstance(v, str | int | float) for v in values
+        ):
+            raise ValueError(
+                f"--control_domain {value!r}: the values of {column!r} must be a list of strings or numbers; {hint}."
+            )
+        vals = [str(v).strip() for v in values]
+        if not vals or any(not v for v in vals):
+            raise ValueError(
+                f"--control_domain {value!r}: column {column!r} has an empty value list or an empty value; "
+                "list every value the column can take."
+            )
+        dup = sorted({v for v in vals if vals.count(v) > 1})
+        if dup:
+            raise ValueError(
+                f"--control_domain {value!r}: column {column!r} repeats {dup}; list each value once."
+            )
+        domain[column] = vals
+    return domain
+
+
 def validate_run_config(config: RunConfig) -> None:
     """Check the arguments before any work starts; every error names the argument and the fix."""
     p = config.pipeline
@@ -363,6 +502,14 @@ def validate_run_config(config: RunConfig) -> None:
         raise ValueError(f"--target_delta {p.target_delta}: must lie strictly between 0 and 1 (e.g. 1e-6).")
     if p.accountant not in ("prv", "rdp", "gdp"):
         raise ValueError(f"--accountant {p.accountant!r}: choose prv, rdp or gdp.")
+    if p.repeats < 1:
+        raise ValueError(f"--repeats {p.repeats}: must be >= 1 (the number of independent DP draws).")
+    h = config.hub
+    if p.repeats > 1 and (h.push_teacher or h.push_synthetic or h.push_student):
+        raise ValueError(
+            f"--repeats {p.repeats} measures several draws; push from a single-draw run (--repeats 1) so the "
+            "pushed artifacts are one draw's, with that draw's ledger."
+        )
     if p.cpu_threads is not None and p.cpu_threads < 1:
         raise ValueError(
             f"--cpu_threads {p.cpu_threads}: must be >= 1 (or left unset for every usable core)."
@@ -372,6 +519,8 @@ def validate_run_config(config: RunConfig) -> None:
         raise ValueError(
             f"--control_code_distribution {d.control_code_distribution!r}: choose dp, uniform or exact."
         )
+    if d.control_domain is not None:
+        parse_control_domain(d.control_domain)
     if not d.histogram_noise_multiplier > 0:
         raise ValueError(f"--histogram_noise_multiplier {d.histogram_noise_multiplier}: must be > 0.")
     if d.max_length < 8:

@@ -28,6 +28,7 @@ def test_quick_run_produces_every_artifact(quick_run):
         "dp_sgd_student",
         "dpkd",
         "on_policy",
+        "dp_opd",
     }
     for name, row in rows.items():
         assert math.isfinite(row["test_perplexity"]) and row["test_perplexity"] > 1
@@ -45,6 +46,11 @@ def test_quick_run_produces_every_artifact(quick_run):
     assert PrivacyLedger.load(run_dir / "students" / "distildp" / "final").to_dict() == teacher.to_dict()
     dpkd = PrivacyLedger.load(run_dir / "students" / "dpkd" / "final")
     assert [r.name for r in dpkd.releases] == ["dpkd_teacher_dp_sgd", "dpkd_student_dp_sgd"]
+    # DP-OPD reuses DPKD's eps/2 teacher (trained once) and composes its release
+    dp_opd = PrivacyLedger.load(run_dir / "students" / "dp_opd" / "final")
+    assert [r.name for r in dp_opd.releases] == ["dpkd_teacher_dp_sgd", "dp_opd_student_dp_sgd"]
+    assert dp_opd.releases[0] == dpkd.releases[0]
+    assert "| DP-OPD student (DP-SGD, on-policy) |" in proc.stdout
     synth = run_dir / "synthetic"
     info = json.loads((synth / "generation_info.json").read_text())
     assert info["num_samples"] == 128 and (synth / "README.md").is_file()

@@ -41,3 +41,51 @@ def test_second_process_on_the_same_run_dir_is_refused(tmp_path):
     run = RunDir(tmp_path / "run")  # released: a later run takes it
     run.acquire()
     run.release()
+
+
+def test_control_domain_inline_file_and_recipe(tmp_path):
+    from hf_dpkd.run_config import parse_control_domain
+
+    inline = "category=Restaurants| Bars ;stars=1.0|2.0"
+    config = parse_run_config(["--control_domain", inline])
+    assert config.data.control_domain == inline
+    assert parse_control_domain(inline) == {"category": ["Restaurants", "Bars"], "stars": ["1.0", "2.0"]}
+    path = tmp_path / "domain.json"
+    path.write_text(
+        '{"cpc_section": ["Physics", "Performing Operations; Transporting"], "stars": [1.0, 5.0]}'
+    )
+    assert parse_control_domain(str(path)) == {
+        "cpc_section": ["Physics", "Performing Operations; Transporting"],  # a file for values with ';'
+        "stars": ["1.0", "5.0"],  # numbers written as the loaders write them
+    }
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("control_domain:\n  category: [Restaurants, Bars]\n  stars: ['1.0', '2.0']\n")
+    config = parse_run_config(["--config", str(recipe)])
+    assert parse_control_domain(config.data.control_domain) == {
+        "category": ["Restaurants", "Bars"],
+        "stars": ["1.0", "2.0"],
+    }
+
+
+@pytest.mark.parametrize(
+    "value,match",
+    [
+        ("missing.json", r"--control_domain 'missing.json': no such file"),
+        ("category", r"--control_domain 'category': no such file; give a JSON file"),
+        ("category=A|B;category=C", r"column 'category' is given twice"),
+        ("category=A|B;stars", r"'stars' has no '='"),
+        ("category=A||B", r"column 'category' has an empty value list or an empty value"),
+        ("category=A|A", r"column 'category' repeats \['A'\]"),
+        ("=A|B", r"a column name is empty"),
+        ('{"category": "A"}', r"the values of 'category' must be a list"),
+        ('{"category": [["A"]]}', r"the values of 'category' must be a list"),
+        ("[1, 2]", r"not an object"),
+        ("{bad json", r"not valid JSON"),
+    ],
+)
+def test_bad_control_domain_names_the_argument_and_the_fix(tmp_path, value, match):
+    if value == "[1, 2]":
+        value = str(tmp_path / "list.json")
+        (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=match):
+        parse_run_config(["--control_domain", value])

@@ -1,4 +1,4 @@
-"""Control-coded synthetic data: prompt format, sharded resumable generation, the Trainer callback.
+"""Control-coded synthetic data: prompt format, sharded resumable generation, the Trainer callback, quality.
 
 Names load lazily: ``hf_dpkd.privacy.histogram`` imports ``control_codes`` from here, and ``generation``
 imports the histogram, so importing everything eagerly would be circular.
@@ -16,6 +16,8 @@ _EXPORTS = {
     "generate_synthetic_dataset": "generation",
     "load_synthetic_dataset": "generation",
     "SyntheticDataCallback": "callback",
+    "quality_report": "quality",
+    "write_quality_report": "quality",
 }
 __all__ = sorted(_EXPORTS)
 
