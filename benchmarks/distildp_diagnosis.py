@@ -94,6 +94,16 @@ def validation_perplexities(run: Path, methods: list[str]) -> dict[str, float]:
     return out
 
 
+def synthetic_quality(run: Path) -> dict[str, float]:
+    """The headline numbers of the synthetic data's quality report (vs the validation split), if written."""
+    from hf_dpkd.synthetic.quality import quality_summary
+
+    path = run / "synthetic" / "quality.json"
+    if not path.is_file():
+        return {}
+    return {k: round(v, 4) for k, v in quality_summary(json.loads(path.read_text())).items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, required=True)
@@ -119,6 +129,7 @@ def main(argv=None) -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
             return proc.returncode
         seconds = round(time.time() - start, 1)
+        quality = synthetic_quality(run)
         for name, ppl in validation_perplexities(run, ["distildp", "dp_syn_data"]).items():
             row = {
                 "variant": variant,
@@ -126,10 +137,21 @@ def main(argv=None) -> int:
                 "validation_perplexity": round(ppl, 3),
                 "seconds": seconds,
             }
+            row.update(quality)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    lines = ["| variant | model | validation perplexity |", "|---|---|---:|"]
-    lines += [f"| {r['variant']} | {r['model']} | {r['validation_perplexity']:.2f} |" for r in rows]
+    keys = ["unigram_js", "bigram_js", "distinct_2", "reference_perplexity", "control_code_accuracy"]
+    lines = [
+        "| variant | model | validation perplexity | " + " | ".join(keys) + " |",
+        "|---|---|---:|" + "---:|" * len(keys),
+    ]
+    for r in rows:
+        cells = [f"{r[k]:.3g}" if isinstance(r.get(k), float) else "" for k in keys]
+        lines.append(
+            f"| {r['variant']} | {r['model']} | {r['validation_perplexity']:.2f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     (base / "diagnosis.md").write_text("\n".join(lines) + "\n")
     return 0
 
