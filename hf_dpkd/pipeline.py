@@ -968,6 +968,7 @@ class Pipeline:
                     "method": name,
                     "label": METHOD_LABELS.get(name, name),
                     "epsilon": eps,
+                    "epsilon_is_upper_bound": not (ledger and ledger.approximate),
                     "delta": ledger.delta if ledger else None,
                     "test_perplexity": ppl["perplexity"],
                     "token_weighted_perplexity": ppl["token_weighted_perplexity"],
@@ -1157,6 +1158,8 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| Method | epsilon | Test perplexity | Parameters |", "|---|---:|---:|---:|"]
     for r in rows:
         eps = "inf (not private)" if not math.isfinite(r["epsilon"]) else f"{r['epsilon']:.3f}"
+        if math.isfinite(r["epsilon"]) and not r.get("epsilon_is_upper_bound", True):
+            eps = f"≈{eps} (GDP approximation)"
         lines.append(f"| {r['label']} | {eps} | {r['test_perplexity']:.2f} | {r['num_parameters']:,} |")
     return "\n".join(lines) + "\n"
 

@@ -237,6 +237,11 @@ def test_gdp_is_labelled_approximate_and_cards_do_not_claim_the_bound():
     assert gdp.report()["epsilon_is_upper_bound"] is False
     text = privacy_statement(gdp)
     assert "approximately" in text and "NOT an upper bound" in text and "at most a factor e^ε" not in text
+    from hf_dpkd.pipeline import results_markdown
+
+    row = {"label": "DP teacher", "epsilon": gdp.epsilon(), "test_perplexity": 30.0, "num_parameters": 1}
+    assert "(GDP approximation)" in results_markdown([{**row, "epsilon_is_upper_bound": False}])
+    assert "approximation" not in results_markdown([{**row, "epsilon_is_upper_bound": True}])
     prv = PrivacyLedger(accountant="prv", delta=1e-5, releases=gdp.releases)
     assert prv.report()["epsilon_is_upper_bound"] is True
     assert "at most a factor e^ε" in privacy_statement(prv)
