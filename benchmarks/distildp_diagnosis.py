@@ -60,6 +60,22 @@ VARIANTS: dict[str, list[str]] = {
         "9000",
     ],
 }
+ANCESTRAL = ["--no_repeat_ngram_size", "0", "--top_k", "0", "--top_p", "1.0"]
+VARIANTS.update(
+    {
+        "ancestral_kd_1.0_epochs_6": ANCESTRAL + ["--kd_lambda", "1.0", "--student_epochs", "6"],
+        "ancestral_kd_1.0_9000": ANCESTRAL + ["--kd_lambda", "1.0", "--num_synthetic_samples", "9000"],
+        # the same student steps as 3,000 texts x 3 epochs, but every text fresh
+        "ancestral_9000_epochs_1": ANCESTRAL + ["--num_synthetic_samples", "9000", "--student_epochs", "1"],
+        "ancestral_9000_epochs_2": ANCESTRAL + ["--num_synthetic_samples", "9000", "--student_epochs", "2"],
+        "ancestral_kd_1.0_9000_epochs_1": ANCESTRAL
+        + ["--kd_lambda", "1.0", "--num_synthetic_samples", "9000", "--student_epochs", "1"],
+        "ancestral_kd_1.0_lr_5e-3": ANCESTRAL + ["--kd_lambda", "1.0", "--student_learning_rate", "5e-3"],
+        "ancestral_kd_1.0_t_2": ANCESTRAL + ["--kd_lambda", "1.0", "--kd_temperature", "2.0"],
+        "ancestral_kd_1.0_hidden": ANCESTRAL + ["--kd_lambda", "1.0", "--alpha_hidden", "1.0"],
+        "ancestral_kd_1.0_reverse_kl": ANCESTRAL + ["--kd_lambda", "1.0", "--kd_loss", "reverse_kl"],
+    }
+)
 SHARED = ("data", "base", "histogram", "teacher")
 
 

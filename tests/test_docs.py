@@ -19,7 +19,7 @@ from tests.doc_snippets import ROOT, check_page, parse_markdown, snippet_env
 
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 SITE_PAGES = ["index", "quickstart", "concepts", "pipeline", "recipes", "data", "synthetic", "distillation"]
-SITE_PAGES += ["evaluation", "auditing", "hub", "performance", "architecture", "api", "faq"]
+SITE_PAGES += ["evaluation", "results", "auditing", "hub", "performance", "architecture", "api", "faq"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -133,8 +133,13 @@ def test_max_length_at_the_position_limit_with_left_padding(teacher, tmp_path):
         assert len(tok(FMT.format_prompt(r) + r["text"])["input_ids"]) <= model.config.n_positions
 
 
-def test_paper_defaults():
+def test_defaults_sample_the_teacher_as_it_is():
     g = SyntheticGenerationConfig()
+    assert (g.top_k, g.top_p, g.temperature, g.no_repeat_ngram_size) == (0, 1.0, 1.0, 0)
+
+
+def test_paper_defaults():
+    g = SyntheticGenerationConfig.paper()
     assert (
         g.top_k,
         g.top_p,

@@ -146,12 +146,12 @@ class DPConfig(TrainingArguments):
         },
     )
     clipping_mode: str = field(
-        default="hooks",
+        default="auto",
         metadata={
             "help": "Per-sample clipping: 'hooks' (per-sample gradients; any layer), 'ghost' (per-sample "
             "norms, two backward passes, least memory), 'bookkeeping' (one backward: norms and clipped sum "
             "from stored activations and output gradients; fastest) or 'auto' (bookkeeping when every "
-            "trainable layer is supported, else hooks). See docs/performance.md."
+            "trainable layer is supported, else hooks; the default). See docs/performance.md."
         },
     )
     disable_dp: bool = field(
