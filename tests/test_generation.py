@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FMT = ControlCodeFormat(fields=[("category", "Business Category"), ("stars", "Review Stars")])
 # categories of 1, 3 and 2 words: prompts of different token lengths (left padding is exercised)
 DOMAIN = {"category": ["Restaurants", "Night Life Bars", "Coffee Shops"], "stars": ["1.0", "3.0", "5.0"]}
-GEN = SyntheticGenerationConfig(max_length=24, min_words=1)
+GEN = SyntheticGenerationConfig.paper(
+    max_length=24, min_words=1
+)  # the paper's sampling: these tests predate the plain default
 WORDS = "good food nice staff slow service great coffee loud music cheap beer clean rooms friendly".split()
 
 torch.set_num_threads(1)
@@ -191,7 +193,8 @@ def test_changed_settings_in_the_same_folder_are_refused(teacher, tmp_path):
         _gen(retrained, tok, tmp_path / "s", 10)
     # the filter threshold only acts at assembly: changing it reuses the shards
     assert (
-        len(_gen(model, tok, tmp_path / "s", 10, generation=SyntheticGenerationConfig(max_length=24))) == 10
+        len(_gen(model, tok, tmp_path / "s", 10, generation=SyntheticGenerationConfig.paper(max_length=24)))
+        == 10
     )
 
 

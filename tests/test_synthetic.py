@@ -128,7 +128,9 @@ def _tiny_teacher(path: Path):
     return model, tok
 
 
-GEN = SyntheticGenerationConfig(max_length=24, min_words=1)
+GEN = SyntheticGenerationConfig.paper(
+    max_length=24, min_words=1
+)  # the paper's sampling: these tests predate the plain default
 
 
 def test_generation_exact_count_schema_and_determinism(tmp_path):
