@@ -28,6 +28,26 @@ def tiny_gpt2(tied: bool = True, seed: int = 0) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(cfg)
 
 
+def tiny_word_lm(vocab_size: int, n_layer: int = 1, n_embd: int = 16, seed: int = 0) -> GPT2LMHeadModel:
+    """A dropout-free GPT-2 for a word-level tokenizer (tiny_word_tokenizer: pad 0, bos/eos 1), 32 positions."""
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=2,
+            vocab_size=vocab_size,
+            n_positions=32,
+            bos_token_id=1,
+            eos_token_id=1,
+            pad_token_id=0,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
+
+
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(

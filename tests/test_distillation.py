@@ -17,7 +17,7 @@ from transformers import (
 from hf_dpkd.evaluation import perplexity
 from hf_dpkd.trainers.distillation import TOPK_INDICES, TOPK_LOGPROBS, DistillationConfig, DistillationTrainer
 from hf_dpkd.trainers.dp import dp_forward_kwargs
-from tests.dp_models import tiny_word_tokenizer
+from tests.dp_models import tiny_word_lm, tiny_word_tokenizer
 
 WORDS = ["good", "food", "nice", "staff", "slow", "service", "bad", "cold", "fries", "great"]
 
@@ -39,22 +39,7 @@ TOK = tiny_word_tokenizer(_grammar(50, 0) + ["POS NEG :"])
 
 
 def _model(n_layer, n_embd, seed=0):
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(
-        GPT2Config(
-            n_layer=n_layer,
-            n_embd=n_embd,
-            n_head=2,
-            vocab_size=len(TOK),
-            n_positions=32,
-            bos_token_id=1,
-            eos_token_id=1,
-            pad_token_id=0,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-    )
+    return tiny_word_lm(len(TOK), n_layer, n_embd, seed)
 
 
 def _dataset(texts, mask_prompt=True):

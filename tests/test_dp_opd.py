@@ -14,7 +14,6 @@ import torch
 from datasets import Dataset
 from transformers import (
     DataCollatorForSeq2Seq,
-    GPT2Config,
     GPT2LMHeadModel,
     Trainer,
     TrainingArguments,
@@ -25,7 +24,7 @@ from hf_dpkd.privacy.engine import CLIPPING_MODES
 from hf_dpkd.trainers.distillation import TOPK_INDICES, TOPK_LOGPROBS, DistillationConfig, DistillationTrainer
 from hf_dpkd.trainers.dp import DPConfig, DPTrainer, dp_forward_kwargs
 from hf_dpkd.trainers.losses import kd_divergence
-from tests.dp_models import tiny_word_tokenizer
+from tests.dp_models import tiny_word_lm, tiny_word_tokenizer
 from tests.tolerances import assert_matches_reference
 
 WORDS = ["good", "food", "nice", "staff", "great", "slow", "service", "bad", "cold", "fries"]
@@ -50,22 +49,7 @@ PROMPT = 2  # "POS :" / "NEG :": the control code, masked (labels -100) as the p
 
 
 def _model(seed=0, n_embd=16):
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(
-        GPT2Config(
-            n_layer=1,
-            n_embd=n_embd,
-            n_head=2,
-            vocab_size=len(TOK),
-            n_positions=32,
-            bos_token_id=1,
-            eos_token_id=1,
-            pad_token_id=0,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-    )
+    return tiny_word_lm(len(TOK), 1, n_embd, seed)
 
 
 def _dataset(texts):

@@ -429,22 +429,9 @@ class DistillationTrainer(DPTrainer):
         labels[:, :width] = -100
         labels[new_attn == 0] = -100
         rollout = {"input_ids": gen, "attention_mask": new_attn, "labels": labels}
-        args = self.args
         with self.compute_loss_context_manager():
-            fwd = dp_forward_kwargs(model, rollout)
-            s_logits = model(**fwd).logits[:, :-1]
-            with torch.no_grad():
-                t_logits = self.teacher(**dp_forward_kwargs(self.teacher, rollout)).logits[:, :-1]
-            mask = (labels[:, 1:] != -100).float()
-            kd, counts = kd_divergence(
-                s_logits,
-                t_logits,
-                mask,
-                beta=kd_beta(args.kd_loss, args.jsd_beta),
-                temperature=args.temperature,
-                chunk_size=args.loss_chunk_size,
-            )
-            loss = args.temperature**2 * kd.sum() / counts.sum().clamp(min=1)
+            kd, counts = self._rollout_divergence(model, rollout)
+            loss = self.args.temperature**2 * kd.sum() / counts.sum().clamp(min=1)
         self.accelerator.backward(loss / self.current_gradient_accumulation_steps)
         return loss.detach() / self.current_gradient_accumulation_steps
 
@@ -473,13 +460,18 @@ class DistillationTrainer(DPTrainer):
         the rollout batch through `model` (the per-sample clipping wrapper), so the whole per-example loss,
         rollout included, is what gets clipped.
         """
+        kd, counts = self._rollout_divergence(model, self._dp_opd_rollouts(inputs))
+        return self.args.temperature**2 * kd / counts.clamp(min=1)
+
+    def _rollout_divergence(self, model, rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row divergence sums (teacher vs student, grad through the student) and token counts, over the
+        labelled (continuation) tokens of `rollout`; the frozen teacher runs without gradients."""
         args = self.args
-        rollout = self._dp_opd_rollouts(inputs)
         s_logits = model(**dp_forward_kwargs(model, rollout)).logits[:, :-1]
         with torch.no_grad():
             t_logits = self.teacher(**dp_forward_kwargs(self.teacher, rollout)).logits[:, :-1]
         mask = (rollout["labels"][:, 1:] != -100).float()
-        kd, counts = kd_divergence(
+        return kd_divergence(
             s_logits,
             t_logits,
             mask,
@@ -487,7 +479,6 @@ class DistillationTrainer(DPTrainer):
             temperature=args.temperature,
             chunk_size=args.loss_chunk_size,
         )
-        return args.temperature**2 * kd / counts.clamp(min=1)
 
     def _dp_opd_rollouts(self, inputs) -> dict[str, torch.Tensor]:
         """The student's continuation of each row's prompt, as a left-padded batch with labels on the continuation.
