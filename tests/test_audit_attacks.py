@@ -325,7 +325,29 @@ def test_example_cli_end_to_end(tmp_path, trained, model, tok):
     assert results["membership"]["loss"]["auc"] == pytest.approx(direct["loss"]["auc"])
     assert results["empirical_epsilon"]["num_guesses"] == 6
     assert {p.name for p in out.iterdir()} >= {"audit.json", "audit.md", "roc.png"}
-    assert "## Canary exposure" in (out / "audit.md").read_text()
+    md = (out / "audit.md").read_text()
+    assert "## Canary exposure" in md
+    # every metric with its interval; the reference model (never trained) is the no-leak row by default
+    base_path = str(tmp_path / "base")
+    for attack, r in results["membership"].items():
+        assert set(r["intervals"]) == {"auc", "tpr@fpr=25%", "tpr@fpr=5%", "tpr@fpr=1%", "tpr@fpr=0.1%"}
+        lo, hi = r["intervals"]["auc"]
+        assert lo <= r["auc"] <= hi
+        assert r["vs_no_leak"]["no_leak_model"] == base_path and f"| {attack} | no-leak: {base_path} |" in md
+    # the no-leak row is the base model scored on the same records with the same attack
+    direct_base = run_membership_inference(
+        model, tok, members, non_members, attacks=["loss"], show_progress=False
+    )
+    assert results["membership"]["loss"]["no_leak"]["auc"] == pytest.approx(direct_base["loss"]["auc"])
+    assert results["membership"]["loss"]["vs_no_leak"]["leaks"] is True  # the members were overfit
+    assert results["verdict"]["leaks"] is True and "### Verdict" in md and "LEAKS" in md
+    assert "standardized_length_difference" in results["matching"]  # 12 held-out records for 12: no choice
+    can = results["canaries"]
+    assert "no_leak_exposure" in can["canaries"][0] and can["no_leak"]["model"] == base_path
+    eps = results["empirical_epsilon"]
+    assert (
+        eps["no_leak"]["num_guesses"] == 6 and 0 <= eps["guess_accuracy_interval"][0] <= eps["guess_accuracy"]
+    )
     bad = example.DataArguments(members="", non_members="", prefix_columns=["city"])
     with pytest.raises(ValueError, match=r"columns \['city'\] not found"):
         example.load_records(str(tmp_path / "members.jsonl"), bad)

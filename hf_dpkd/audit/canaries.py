@@ -18,6 +18,13 @@ beat the secret is estimated two ways, and rank = 1 + (|space| - 1) * p:
   log-likelihoods (maximum likelihood) and take p = its upper tail at the secret's log-likelihood. This
   extrapolates past the samples and is only as good as the fit in the far tail: treat large estimated
   exposures as approximate.
+
+The no-leak level is known exactly: the secret is drawn uniformly, so for a model that never saw the canary
+its rank is uniform over the candidates and P(exposure >= e) = 2^-e (median 1 bit; 4.3 bits or more happens
+5% of the time). `no_leak_p_value` = rank / |space| is that probability; a canary is `exposed` when it is
+below (1 - confidence) / (number of canaries) (Bonferroni). An estimated exposure also carries the exact
+binomial interval of the sampled fraction (`exposure_empirical_interval`), and its p-value uses the
+interval's pessimistic end.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from hf_dpkd.audit.metrics import DEFAULT_CONFIDENCE, binomial_interval
 from hf_dpkd.audit.scoring import score_records
 
 SLOT = "{secret}"
@@ -148,7 +156,15 @@ def canary_exposure(
         cands = [c for c in itertools.product(canary.alphabet, repeat=canary.length) if c != canary.symbols]
         ll = _loglik(model, tokenizer, canary, cands, batch_size, show_progress)
         rank = 1 + int(np.sum(ll > secret_ll))
-        return {**base, "method": "exact", "rank": rank, "exposure": _exposure(space, rank)}
+        exposure = _exposure(space, rank)
+        return {
+            **base,
+            "method": "exact",
+            "rank": rank,
+            "exposure": exposure,
+            "exposure_interval": [exposure, exposure],  # every candidate scored: no sampling error
+            "no_leak_p_value": rank / space,
+        }
 
     if num_samples < 2:
         raise ValueError(f"num_samples={num_samples} must be >= 2 to estimate exposure")
@@ -161,7 +177,9 @@ def canary_exposure(
         if c != canary.symbols:
             cands.append(c)
     ll = _loglik(model, tokenizer, canary, cands, batch_size, show_progress)
-    p_emp = float(np.mean(ll > secret_ll))
+    beating = int(np.sum(ll > secret_ll))
+    p_emp = beating / num_samples
+    p_lo, p_hi = binomial_interval(beating, num_samples, DEFAULT_CONFIDENCE)
     a, loc, scale = stats.skewnorm.fit(ll)
     p_fit = float(stats.skewnorm.sf(secret_ll, a, loc, scale))
     rank_emp = 1 + (space - 1) * p_emp
@@ -174,6 +192,12 @@ def canary_exposure(
         "exposure": _exposure(space, rank_fit),
         "rank_empirical": rank_emp,
         "exposure_empirical": _exposure(space, rank_emp),
+        # the sampled fraction's exact 95% interval: a higher fraction means a worse rank, a lower exposure
+        "exposure_empirical_interval": [
+            _exposure(space, 1 + (space - 1) * p_hi),
+            _exposure(space, 1 + (space - 1) * p_lo),
+        ],
+        "no_leak_p_value": (1 + (space - 1) * p_hi) / space,
         "empirical_resolution": math.log2(num_samples),
         "skewnorm": {"a": float(a), "loc": float(loc), "scale": float(scale)},
     }
@@ -189,21 +213,71 @@ def canary_exposures(
     seed: int = 0,
     batch_size: int = 64,
     show_progress: bool = True,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> dict:
-    """Exposure of every canary, plus mean/min/max exposure per repetition count ("by_repeats")."""
+    """Exposure of every canary, mean/min/max exposure per repetition count ("by_repeats"), and the no-leak
+    level ("no_leak": the exposure a model that never saw the canaries exceeds with probability
+    (1 - confidence) / (number of canaries); canaries above it are flagged `exposed`)."""
     if not canaries:
         raise ValueError("canaries is empty; pass at least one Canary")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence} must be in (0, 1); 0.95 is the usual level")
     per = [
         canary_exposure(
             model, tokenizer, c, method, exact_limit, num_samples, seed + i, batch_size, show_progress
         )
         for i, c in enumerate(canaries)
     ]
-    by: dict[int, list[float]] = {}
+    level = (1.0 - confidence) / len(per)
     for r in per:
-        by.setdefault(r["repeats"], []).append(r["exposure"])
+        r["exposed"] = bool(r["no_leak_p_value"] <= level)
+    by: dict[int, list[dict]] = {}
+    for r in per:
+        by.setdefault(r["repeats"], []).append(r)
     summary = {
-        str(k): {"count": len(v), "mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
+        str(k): {
+            "count": len(v),
+            "mean": float(np.mean([r["exposure"] for r in v])),
+            "min": float(np.min([r["exposure"] for r in v])),
+            "max": float(np.max([r["exposure"] for r in v])),
+            "exposed": sum(r["exposed"] for r in v),
+        }
         for k, v in sorted(by.items())
     }
-    return {"canaries": per, "by_repeats": summary}
+    no_leak = {
+        "median_exposure": 1.0,
+        "level": math.log2(1.0 / level),
+        "confidence": confidence,
+        "rule": (
+            "a canary is exposed when a model that never saw it would rank its secret this high with probability "
+            f"<= {level:.3g} ((1 - {confidence}) / {len(per)} canaries): exposure above "
+            f"{math.log2(1.0 / level):.2f} bits"
+        ),
+    }
+    return {
+        "canaries": per,
+        "by_repeats": summary,
+        "no_leak": no_leak,
+        "exposed": sum(r["exposed"] for r in per),
+    }
+
+
+def compare_exposures(results: dict, no_leak_results: dict, no_leak_name: str = "no-leak model") -> dict:
+    """`results` of `canary_exposures` with the exposure a model that never saw the canaries gives the same
+    canaries (`no_leak_results`, same canaries in the same order): "no_leak_exposure" per canary and
+    "no_leak_mean" per repetition count. Any single value of it is one draw of the known no-leak
+    distribution; it shows that nothing about the secrets themselves makes them easy to guess."""
+    mine, theirs = results["canaries"], no_leak_results["canaries"]
+    if [c["name"] for c in mine] != [c["name"] for c in theirs]:
+        raise ValueError(
+            f"the two results cover different canaries ({[c['name'] for c in mine]} vs "
+            f"{[c['name'] for c in theirs]}); score the same canaries with both models"
+        )
+    out = {**results, "canaries": [], "by_repeats": {}}
+    for c, base in zip(mine, theirs):
+        out["canaries"].append({**c, "no_leak_exposure": base["exposure"]})
+    for key, group in results["by_repeats"].items():
+        base = [b["exposure"] for b in theirs if str(b["repeats"]) == key]
+        out["by_repeats"][key] = {**group, "no_leak_mean": float(np.mean(base))}
+    out["no_leak"] = {**results.get("no_leak", {}), "model": no_leak_name}
+    return out

@@ -19,6 +19,11 @@ With delta = 0 this is the pure-DP statement P[W >= v] <= f(v) (Theorem 3.1). Th
 observed v is a p-value for the hypothesis "the algorithm is (eps, delta)-DP"; the reported lower bound is
 the largest eps below which every hypothesis is rejected at level beta. An audit only ever proves a LOWER
 bound: a small value is not evidence of privacy.
+
+The bound is itself a confidence statement, and its no-leak level is 0: a model that never saw the canaries
+guesses right half the time, and gets a bound above 0 with probability at most beta. The report adds the
+guess accuracy v / r with its exact binomial interval (chance = 0.5), and, given a model that never saw the
+canaries, the same audit of that model on the same canaries (`audit_epsilon(..., no_leak_model=...)`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from hf_dpkd.audit.metrics import binomial_interval
 from hf_dpkd.audit.scoring import record_losses
 
 
@@ -259,14 +265,18 @@ def one_run_audit(
             {"num_positive": kp, "num_negative": kn, "num_guesses": r, "num_correct": v, "epsilon": eps}
         )
     best = max(tries, key=lambda t: t["epsilon"])
+    r, v = best["num_guesses"], best["num_correct"]
     return {
         "epsilon_lower_bound": best["epsilon"],
         "delta": delta,
         "confidence": 1.0 - beta,
         "num_canaries": int(s.size),
         "num_included": int(inc.sum()),
-        "num_guesses": best["num_guesses"],
-        "num_correct": best["num_correct"],
+        "num_guesses": r,
+        "num_correct": v,
+        # chance = 0.5: what a model that never saw the canaries scores
+        "guess_accuracy": v / r if r else float("nan"),
+        "guess_accuracy_interval": binomial_interval(v, r, 1.0 - beta) if r else [0.0, 1.0],
         "num_positive": best["num_positive"],
         "num_negative": best["num_negative"],
         "tries": tries,
@@ -286,13 +296,36 @@ def audit_epsilon(
     batch_size: int = 8,
     max_length: int | None = None,
     show_progress: bool = True,
+    no_leak_model: torch.nn.Module | None = None,
+    no_leak_tokenizer=None,
 ) -> dict:
     """Score the canaries on a trained model and run `one_run_audit`; `claimed_epsilon` comparisons are
-    the caller's (a bound above the claim means the claim is false, with confidence 1 - beta)."""
+    the caller's (a bound above the claim means the claim is false, with confidence 1 - beta). With
+    `no_leak_model` (never trained on any canary), the same audit of that model is added as "no_leak"."""
+    included = [c.included for c in canaries]
     scores = score_audit_canaries(
         model, tokenizer, canaries, reference_model, batch_size, max_length, show_progress
     )
-    result = one_run_audit(scores, [c.included for c in canaries], num_positive, num_negative, delta, beta)
+    result = one_run_audit(scores, included, num_positive, num_negative, delta, beta)
     result["scores"] = scores.tolist()
     result["score"] = "reference_calibrated_loss" if reference_model is not None else "loss"
+    if no_leak_model is not None:
+        base_scores = score_audit_canaries(
+            no_leak_model,
+            no_leak_tokenizer or tokenizer,
+            canaries,
+            reference_model,
+            batch_size,
+            max_length,
+            show_progress,
+        )
+        base = one_run_audit(base_scores, included, num_positive, num_negative, delta, beta)
+        keep = (
+            "epsilon_lower_bound",
+            "num_guesses",
+            "num_correct",
+            "guess_accuracy",
+            "guess_accuracy_interval",
+        )
+        result["no_leak"] = {k: base[k] for k in keep}
     return result

@@ -13,6 +13,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hf_dpkd.audit.metrics import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_NUM_RESAMPLES,
+    bootstrap_counts,
+    percentile_interval,
+)
 from hf_dpkd.audit.scoring import Record, _pad_token_id, as_records, encode_record
 
 
@@ -91,8 +97,12 @@ def memorization_gap(
     num_tokens: int = 32,
     batch_size: int = 8,
     show_progress: bool = True,
+    confidence: float = DEFAULT_CONFIDENCE,
+    num_resamples: int = DEFAULT_NUM_RESAMPLES,
+    seed: int = 0,
 ) -> dict:
-    """Member mean, non-member mean and gap (members - non-members) of the greedy agreement."""
+    """Member mean, non-member mean and gap (members - non-members) of the greedy agreement, with the gap's
+    bootstrap interval over records ("gap_interval"; `num_resamples=0` leaves it out)."""
     mem, mem_skip = greedy_agreement(
         model,
         tokenizer,
@@ -118,7 +128,7 @@ def memorization_gap(
             f"no member ({mem.size}) or no non-member ({non.size}) text is longer than "
             f"prompt_tokens={prompt_tokens}; lower prompt_tokens"
         )
-    return {
+    result = {
         "member_mean": float(mem.mean()),
         "non_member_mean": float(non.mean()),
         "gap": float(mem.mean() - non.mean()),
@@ -131,3 +141,8 @@ def memorization_gap(
         "member_scores": mem.tolist(),
         "non_member_scores": non.tolist(),
     }
+    if num_resamples:
+        mc, nc = bootstrap_counts(mem.size, non.size, num_resamples, seed)
+        result["gap_interval"] = percentile_interval(mc @ mem / mem.size - nc @ non / non.size, confidence)
+        result["confidence"] = confidence
+    return result

@@ -8,6 +8,10 @@ Every attack maps a record to a membership score where HIGHER means "more likely
 - reference:       reference loss - target loss (a reference model never saw the private data)
 - mope:            mean over n Gaussian weight perturbations of (perturbed loss - loss); training members
                    sit in sharper minima, so their loss rises more (MoPe)
+
+An AUC is read against the NO-LEAK level, not against 0.5: the same attack on the same records scored by a
+model that never saw the private data (the public base). Members and non-members always differ a little in
+difficulty, and the public base sees that difference too; only what the model adds on top is a leak.
 """
 
 from __future__ import annotations
@@ -20,10 +24,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hf_dpkd.audit.metrics import DEFAULT_FPR_TARGETS, membership_metrics
+from hf_dpkd.audit.metrics import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_FPR_TARGETS,
+    DEFAULT_NUM_RESAMPLES,
+    membership_metrics,
+    paired_auc_difference,
+)
 from hf_dpkd.audit.scoring import Record, TextScores, as_records, record_losses, score_records
 
 ATTACKS: tuple[str, ...] = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference", "mope")
+
+LEAK_RULE = (
+    "A model leaks when, for at least one attack, the paired bootstrap interval of AUC(model) - AUC(no-leak "
+    "model), both scored on the same members and non-members, lies entirely above 0. With k attacks each "
+    "interval is at confidence 1 - (1 - c) / k (Bonferroni, c = the report's confidence), so a model that "
+    "reveals no more than the no-leak model is flagged with probability at most about (1 - c) / 2."
+)
 
 
 def min_k_score(token_logprobs: np.ndarray, k: float = 0.2) -> float:
@@ -173,15 +190,18 @@ def compute_membership_scores(
                 [min_k_plus_plus_score(s.token_logprobs, s.mu, s.sigma, min_k_fraction) for s in scored]
             )
         elif attack == "reference":
-            ref_losses = record_losses(
-                reference_model,
-                reference_tokenizer or tokenizer,
-                recs,
-                batch_size,
-                max_length,
-                show_progress,
-                desc=f"reference {argument}",
-            )
+            if reference_model is model:  # the no-leak row of the reference itself: no second pass
+                ref_losses = losses
+            else:
+                ref_losses = record_losses(
+                    reference_model,
+                    reference_tokenizer or tokenizer,
+                    recs,
+                    batch_size,
+                    max_length,
+                    show_progress,
+                    desc=f"reference {argument}",
+                )
             out[attack] = ref_losses - losses
         elif attack == "mope":
             out[attack] = mope_scores(
@@ -198,6 +218,100 @@ def compute_membership_scores(
                 show_progress,
             )
     return out
+
+
+def _attack_metrics(
+    mem: dict[str, np.ndarray],
+    non: dict[str, np.ndarray],
+    attacks: Sequence[str],
+    fpr_targets: Sequence[float],
+    include_curves: bool,
+    confidence: float,
+    num_resamples: int,
+    seed: int,
+) -> dict[str, dict]:
+    results: dict[str, dict] = {}
+    for attack in attacks:
+        entry = membership_metrics(
+            mem[attack], non[attack], fpr_targets, include_curves, confidence, num_resamples, seed
+        )
+        entry["scores"] = {"members": mem[attack].tolist(), "non_members": non[attack].tolist()}
+        results[attack] = entry
+    return results
+
+
+def compare_with_no_leak(
+    results: dict[str, dict],
+    no_leak_results: dict[str, dict],
+    confidence: float = DEFAULT_CONFIDENCE,
+    num_resamples: int = DEFAULT_NUM_RESAMPLES,
+    seed: int = 0,
+    no_leak_name: str = "no-leak model",
+) -> dict[str, dict]:
+    """Each attack's entry of `results` plus "no_leak" (the same metrics for a model that never saw the
+    private data) and "vs_no_leak" (AUC difference, its paired interval at the per-attack level of
+    `LEAK_RULE`, and "leaks"). Both arguments come from `run_membership_inference(..., return_scores=True)`
+    on the same members and non-members, in the same order."""
+    if num_resamples < 1:
+        raise ValueError(f"num_resamples={num_resamples} must be >= 1 to compare with the no-leak model")
+    missing = [a for a in results if a not in no_leak_results]
+    if missing:
+        raise ValueError(
+            f"no_leak_results has no {missing} (it has {list(no_leak_results)}); score the no-leak model with "
+            "the same attacks"
+        )
+    for name, res in (("results", results), ("no_leak_results", no_leak_results)):
+        bare = [a for a in results if "scores" not in res[a]]
+        if bare:
+            raise ValueError(f"{name} for {bare} has no per-record scores; run it with return_scores=True")
+    level = 1.0 - (1.0 - confidence) / len(results)
+    out: dict[str, dict] = {}
+    for attack, entry in results.items():
+        base = no_leak_results[attack]
+        diff = paired_auc_difference(
+            entry["scores"]["members"],
+            entry["scores"]["non_members"],
+            base["scores"]["members"],
+            base["scores"]["non_members"],
+            level,
+            num_resamples,
+            seed,
+        )
+        out[attack] = {
+            **entry,
+            "no_leak": {k: v for k, v in base.items() if k not in ("scores", "roc")},
+            "vs_no_leak": {
+                "no_leak_model": no_leak_name,
+                **diff,
+                "family_confidence": confidence,
+                "num_attacks": len(results),
+                "leaks": bool(diff["interval"][0] > 0),
+            },
+        }
+    return out
+
+
+def membership_verdict(results: dict[str, dict]) -> dict | None:
+    """The verdict of `LEAK_RULE` over the attacks of `compare_with_no_leak` (None without a no-leak model):
+    {"leaks", "flagged_attacks", "no_leak_model", "confidence", "per_attack_confidence", "rule", "summary"}."""
+    tested = {a: r["vs_no_leak"] for a, r in results.items() if "vs_no_leak" in r}
+    if not tested:
+        return None
+    flagged = [a for a, t in tested.items() if t["leaks"]]
+    first = next(iter(tested.values()))
+    if flagged:
+        summary = f"LEAKS: membership signal above the no-leak level ({first['no_leak_model']}) for {', '.join(flagged)}"
+    else:
+        summary = f"no leak detected above the no-leak level ({first['no_leak_model']}); this does not certify privacy"
+    return {
+        "leaks": bool(flagged),
+        "flagged_attacks": flagged,
+        "no_leak_model": first["no_leak_model"],
+        "confidence": first["family_confidence"],
+        "per_attack_confidence": first["confidence"],
+        "rule": LEAK_RULE,
+        "summary": summary,
+    }
 
 
 def run_membership_inference(
@@ -218,11 +332,20 @@ def run_membership_inference(
     include_curves: bool = True,
     return_scores: bool = False,
     show_progress: bool = True,
+    no_leak_model: torch.nn.Module | None = None,
+    no_leak_tokenizer=None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    num_resamples: int = DEFAULT_NUM_RESAMPLES,
+    no_leak_name: str = "no-leak model",
 ) -> dict[str, dict]:
-    """Run each attack on members vs non-members; return attack -> {auc, tpr@fpr=25%, ..., roc}.
+    """Run each attack on members vs non-members; return attack -> {auc, tpr@fpr=25%, ..., intervals, roc}.
 
-    `attacks=None` runs every attack, 'reference' only when a reference model is given. With
-    `return_scores`, each entry also holds the raw member and non-member scores.
+    `attacks=None` runs every attack, 'reference' only when a reference model is given. Every metric comes
+    with a bootstrap interval over records (`confidence`, `num_resamples`, seeded by `seed`). With
+    `no_leak_model` (a model that never saw the private data, e.g. the public base), that model is scored
+    with the same attacks on the same records and each entry gains "no_leak" and "vs_no_leak"
+    (`compare_with_no_leak`; `membership_verdict` reads them). With `return_scores`, each entry also holds
+    the raw member and non-member scores.
     """
     if attacks is None:
         attacks = [a for a in ATTACKS if a != "reference" or reference_model is not None]
@@ -233,7 +356,7 @@ def run_membership_inference(
     common = dict(
         attacks=attacks,
         reference_model=reference_model,
-        reference_tokenizer=reference_tokenizer,
+        reference_tokenizer=reference_tokenizer or tokenizer,
         min_k_fraction=min_k_fraction,
         mope_sigma=mope_sigma,
         mope_num_perturbations=mope_num_perturbations,
@@ -242,20 +365,30 @@ def run_membership_inference(
         max_length=max_length,
         show_progress=show_progress,
     )
+    metric_args = (attacks, fpr_targets, include_curves, confidence, num_resamples, seed)
     mem = compute_membership_scores(model, tokenizer, members, argument="members", **common)
     non = compute_membership_scores(model, tokenizer, non_members, argument="non_members", **common)
-    results: dict[str, dict] = {}
-    for attack in attacks:
-        entry = membership_metrics(mem[attack], non[attack], fpr_targets, include_curves)
-        if return_scores:
-            entry["scores"] = {"members": mem[attack].tolist(), "non_members": non[attack].tolist()}
-        results[attack] = entry
+    results = _attack_metrics(mem, non, *metric_args)
+    if no_leak_model is not None:
+        base_tok = no_leak_tokenizer or tokenizer
+        base_mem = compute_membership_scores(no_leak_model, base_tok, members, argument="members", **common)
+        base_non = compute_membership_scores(
+            no_leak_model, base_tok, non_members, argument="non_members", **common
+        )
+        no_leak = _attack_metrics(base_mem, base_non, *metric_args)
+        results = compare_with_no_leak(results, no_leak, confidence, num_resamples, seed, no_leak_name)
+    if not return_scores:
+        for entry in results.values():
+            entry.pop("scores")
     return results
 
 
 __all__ = [
     "ATTACKS",
+    "LEAK_RULE",
+    "compare_with_no_leak",
     "compute_membership_scores",
+    "membership_verdict",
     "min_k_plus_plus_score",
     "min_k_score",
     "mope_scores",

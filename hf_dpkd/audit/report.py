@@ -2,8 +2,10 @@
 
 `results` is a dict with any of these sections, each the return value of the matching function:
 "membership" (run_membership_inference), "memorization" (memorization_gap), "blocks" (per_block_mope),
-"canaries" (canary_exposures), "empirical_epsilon" (one_run_audit / audit_epsilon), and "meta" (free-form
-strings and numbers: model, data, claimed epsilon, ...).
+"canaries" (canary_exposures), "empirical_epsilon" (one_run_audit / audit_epsilon), "matching"
+(record_balance / match_non_members), and "meta" (free-form strings and numbers: model, data, claimed
+epsilon, ...). Every metric that has an interval is shown with it, and every section with a no-leak level
+(a model that never saw the private data, on the same records) shows that level next to the model's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from hf_dpkd._io import atomic_write_text
 from hf_dpkd.audit.metrics import plot_roc
+from hf_dpkd.audit.mia import membership_verdict
 
 DISCLAIMER = (
     "An audit gives evidence and lower bounds: a high AUC, exposure or empirical epsilon shows leakage, "
@@ -53,36 +56,204 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines + [""]
 
 
+def _ci(value, interval) -> str:
+    """A value and its interval, e.g. "0.6500 [0.5712, 0.7263]" (the value alone without one)."""
+    if not interval:
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
+def _membership_section(mia: dict, model_label: str) -> list[str]:
+    keys = [k for k in next(iter(mia.values())) if k.startswith("tpr@fpr=")]
+    first = next(iter(mia.values()))
+    conf = first.get("confidence")
+    ci = f"{conf:.0%} bootstrap interval over records" if conf else "no interval"
+    out = [
+        "## Membership inference",
+        "",
+        f"Score higher = more likely a training member; each value is followed by its {ci} [low, high]. "
+        "The no-leak rows score the same members and non-members with a model that never saw the private "
+        "data: that level, not 0.5, is what the model is compared with.",
+        "",
+    ]
+    rows = []
+    for attack, r in mia.items():
+        rows.append(
+            [
+                attack,
+                model_label,
+                _ci(r["auc"], r.get("intervals", {}).get("auc")),
+                *[_ci(r[k], r.get("intervals", {}).get(k)) for k in keys],
+                r["num_members"],
+                r["num_non_members"],
+            ]
+        )
+        base = r.get("no_leak")
+        if base:
+            rows.append(
+                [
+                    attack,
+                    f"no-leak: {r['vs_no_leak']['no_leak_model']}",
+                    _ci(base["auc"], base.get("intervals", {}).get("auc")),
+                    *[_ci(base[k], base.get("intervals", {}).get(k)) for k in keys],
+                    base["num_members"],
+                    base["num_non_members"],
+                ]
+            )
+    out += _table(
+        [
+            "attack",
+            "model",
+            "AUC",
+            *[k.upper().replace("TPR@FPR=", "TPR@") for k in keys],
+            "members",
+            "non-members",
+        ],
+        rows,
+    )
+    notes = sorted({r["note"] for r in mia.values() if r.get("note")})
+    out += [f"Note: {n}." for n in notes] + ([""] if notes else [])
+    verdict = membership_verdict(mia)
+    if verdict is None:
+        out += [
+            "No model that never saw the private data was scored, so these AUCs have no no-leak level: two "
+            "samples of different difficulty give an AUC away from 0.5 without any leak.",
+            "",
+        ]
+        return out
+    level = verdict["per_attack_confidence"]
+    out += ["### Verdict", "", f"**{verdict['summary']}.**", "", verdict["rule"], ""]
+    out += _table(
+        ["attack", f"AUC - no-leak AUC [{level:.2%} paired interval]", "leaks"],
+        [
+            [
+                a,
+                _ci(r["vs_no_leak"]["difference"], r["vs_no_leak"]["interval"]),
+                "**yes**" if r["vs_no_leak"]["leaks"] else "no",
+            ]
+            for a, r in mia.items()
+            if "vs_no_leak" in r
+        ],
+    )
+    return out
+
+
+def _canary_section(can: dict) -> list[str]:
+    out = ["## Canary exposure", "", "exposure = log2(#candidates) - log2(rank of the secret).", ""]
+    no_leak = can.get("no_leak") or {}
+    if no_leak:
+        out += [
+            f"No-leak level: a model that never saw a canary ranks its (uniformly drawn) secret uniformly, so "
+            f"its exposure is about {no_leak['median_exposure']:g} bit (median) and exceeds "
+            f"{no_leak['level']:.2f} bits with probability {(1 - no_leak['confidence']):g} / "
+            f"{len(can['canaries'])}. {no_leak['rule'][0].upper()}{no_leak['rule'][1:]}.",
+            "",
+        ]
+    measured = "model" in no_leak
+    head = ["repeats", "canaries", "mean", "min", "max", "exposed"]
+    out += _table(
+        head + ([f"no-leak mean ({no_leak['model']})"] if measured else []),
+        [
+            [k, v["count"], v["mean"], v["min"], v["max"], v.get("exposed", "")]
+            + ([v.get("no_leak_mean")] if measured else [])
+            for k, v in can["by_repeats"].items()
+        ],
+    )
+    rows = []
+    for c in can["canaries"]:
+        interval = c.get("exposure_interval")
+        row = [c["name"], c["repeats"], c["method"], c["rank"], _ci(c["exposure"], interval)]
+        row += (
+            [_ci(c["exposure_empirical"], c["exposure_empirical_interval"])]
+            if "exposure_empirical" in c
+            else [""]
+        )
+        row += [c["max_exposure"], c.get("no_leak_p_value", ""), c.get("exposed", "")]
+        rows.append(row + ([c.get("no_leak_exposure")] if measured else []))
+    out += _table(
+        [
+            "canary",
+            "repeats",
+            "method",
+            "rank",
+            "exposure",
+            "sampled estimate [95%]",
+            "max",
+            "no-leak p",
+            "exposed",
+        ]
+        + (["no-leak exposure"] if measured else []),
+        rows,
+    )
+    return out
+
+
+def _epsilon_section(eps: dict, claimed) -> list[str]:
+    out = [
+        "## Empirical epsilon (one training run)",
+        "",
+        f"A lower bound at confidence {eps['confidence']:g}: a model that never saw the canaries scores 0 "
+        f"(above 0 with probability at most {1 - eps['confidence']:.2g}) and guesses right half the time.",
+        "",
+    ]
+    acc = eps.get("guess_accuracy")
+    rows = [
+        [
+            "model",
+            eps["epsilon_lower_bound"],
+            eps["num_guesses"],
+            eps["num_correct"],
+            _ci(acc, eps.get("guess_accuracy_interval")) if acc is not None else "",
+        ]
+    ]
+    base = eps.get("no_leak")
+    if base:
+        rows.append(
+            [
+                "no-leak model",
+                base["epsilon_lower_bound"],
+                base["num_guesses"],
+                base["num_correct"],
+                _ci(base["guess_accuracy"], base["guess_accuracy_interval"]),
+            ]
+        )
+    out += [f"delta = {_fmt(eps['delta'])}, {eps['num_canaries']} canaries.", ""]
+    out += _table(["model", "lower bound", "guesses", "correct", "accuracy [exact interval]"], rows)
+    if claimed is not None:
+        verdict = "EXCEEDS" if eps["epsilon_lower_bound"] > float(claimed) else "does not exceed"
+        out += [f"The lower bound {verdict} the claimed epsilon {claimed}.", ""]
+    return out
+
+
 def render_markdown(results: dict) -> str:
     """The human-readable report: one table per section present in `results`."""
     out = ["# Privacy audit", "", f"> {DISCLAIMER}", ""]
     meta = results.get("meta")
     if meta:
         out += ["## Setup", ""] + _table(["key", "value"], [[k, v] for k, v in meta.items()])
-    mia = results.get("membership")
-    if mia:
-        keys = [k for k in next(iter(mia.values())) if k.startswith("tpr@fpr=")]
+    balance = results.get("matching")
+    if balance:
         out += [
-            "## Membership inference",
+            "## Members vs non-members",
             "",
-            "Score higher = more likely a training member; 0.5 AUC = chance.",
+            "How far apart the two samples are before any model looks at them (text length in characters; "
+            "|standardized difference| < 0.1 is negligible; code distance 0 = same control-code mix).",
             "",
         ]
         out += _table(
+            ["member mean length", "non-member mean length", "standardized difference", "code distance (TV)"],
             [
-                "attack",
-                "AUC",
-                *[k.upper().replace("TPR@FPR=", "TPR@") for k in keys],
-                "members",
-                "non-members",
-            ],
-            [
-                [a, r["auc"], *[r[k] for k in keys], r["num_members"], r["num_non_members"]]
-                for a, r in mia.items()
+                [
+                    balance["member_mean_length"],
+                    balance["non_member_mean_length"],
+                    balance["standardized_length_difference"],
+                    balance["code_total_variation"],
+                ]
             ],
         )
-        notes = sorted({r["note"] for r in mia.values() if r.get("note")})
-        out += [f"Note: {n}." for n in notes] + ([""] if notes else [])
+    mia = results.get("membership")
+    if mia:
+        out += _membership_section(mia, str((meta or {}).get("model", "model")))
     mem = results.get("memorization")
     if mem:
         out += [
@@ -98,7 +269,7 @@ def render_markdown(results: dict) -> str:
                 [
                     mem["member_mean"],
                     mem["non_member_mean"],
-                    mem["gap"],
+                    _ci(mem["gap"], mem.get("gap_interval")),
                     mem["num_members"],
                     mem["num_non_members"],
                 ]
@@ -110,44 +281,22 @@ def render_markdown(results: dict) -> str:
         out += _table(
             ["block", "module", "AUC", "member mean", "non-member mean"],
             [
-                [b["block"], b["path"], b["auc"], b["member_mean"], b["non_member_mean"]]
+                [
+                    b["block"],
+                    b["path"],
+                    _ci(b["auc"], b.get("intervals", {}).get("auc")),
+                    b["member_mean"],
+                    b["non_member_mean"],
+                ]
                 for b in blocks["blocks"]
             ],
         )
     can = results.get("canaries")
     if can:
-        out += ["## Canary exposure", "", "exposure = log2(#candidates) - log2(rank of the secret).", ""]
-        out += _table(
-            ["repeats", "canaries", "mean", "min", "max"],
-            [[k, v["count"], v["mean"], v["min"], v["max"]] for k, v in can["by_repeats"].items()],
-        )
-        out += _table(
-            ["canary", "repeats", "method", "rank", "exposure", "max"],
-            [
-                [c["name"], c["repeats"], c["method"], c["rank"], c["exposure"], c["max_exposure"]]
-                for c in can["canaries"]
-            ],
-        )
+        out += _canary_section(can)
     eps = results.get("empirical_epsilon")
     if eps:
-        out += ["## Empirical epsilon (one training run)", ""]
-        out += _table(
-            ["lower bound", "delta", "confidence", "canaries", "guesses", "correct"],
-            [
-                [
-                    eps["epsilon_lower_bound"],
-                    eps["delta"],
-                    eps["confidence"],
-                    eps["num_canaries"],
-                    eps["num_guesses"],
-                    eps["num_correct"],
-                ]
-            ],
-        )
-        claimed = (meta or {}).get("claimed_epsilon")
-        if claimed is not None:
-            verdict = "EXCEEDS" if eps["epsilon_lower_bound"] > float(claimed) else "does not exceed"
-            out += [f"The lower bound {verdict} the claimed epsilon {claimed}.", ""]
+        out += _epsilon_section(eps, (meta or {}).get("claimed_epsilon"))
     return "\n".join(out)
 
 

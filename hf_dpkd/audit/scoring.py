@@ -119,22 +119,26 @@ def score_records(
     """Batched log-probabilities of each record's text tokens given its prefix (right padding, no grad).
 
     With `distribution_stats`, also return the per-position mean/std of the log-probability under the
-    model's own distribution (for Min-k%++). Records keep their input order.
+    model's own distribution (for Min-k%++). Records are batched by length (little padding) and returned in
+    their input order.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be > 0")
     recs = as_records(records)
     max_length = max_length or _model_max_length(model)
     encoded = [encode_record(tokenizer, p, t, max_length) for p, t in recs]
+    # batches of similar lengths: a batch costs its longest sequence, so sorting removes most of the padding
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     pad_id = _pad_token_id(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out: list[TextScores] = []
+    out: list[TextScores | None] = [None] * len(encoded)
     try:
         starts = range(0, len(encoded), batch_size)
         for start in tqdm(starts, desc=desc, disable=not show_progress, leave=False):
-            batch = encoded[start : start + batch_size]
+            where = order[start : start + batch_size]
+            batch = [encoded[i] for i in where]
             seqs = [c + t for c, t in batch]
             width = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -159,17 +163,15 @@ def score_records(
                     lo = 0
                     txt = txt[1:]
                     hi = len(txt)
-                out.append(
-                    TextScores(
-                        token_ids=np.asarray(txt, dtype=np.int64),
-                        token_logprobs=tok_logp[i, lo:hi].double().cpu().numpy(),
-                        mu=mu[i, lo:hi].double().cpu().numpy() if distribution_stats else None,
-                        sigma=sigma[i, lo:hi].double().cpu().numpy() if distribution_stats else None,
-                    )
+                out[where[i]] = TextScores(
+                    token_ids=np.asarray(txt, dtype=np.int64),
+                    token_logprobs=tok_logp[i, lo:hi].double().cpu().numpy(),
+                    mu=mu[i, lo:hi].double().cpu().numpy() if distribution_stats else None,
+                    sigma=sigma[i, lo:hi].double().cpu().numpy() if distribution_stats else None,
                 )
     finally:
         model.train(was_training)
-    return out
+    return out  # every slot filled, in input order
 
 
 def record_losses(
