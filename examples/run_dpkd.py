@@ -1,12 +1,15 @@
 """DistilDP end to end: DP teacher -> DP control codes -> synthetic data -> students -> evaluation -> audit.
 
-    accelerate launch examples/run_dpkd.py                         # the embedded demo (CPU, no network)
+    # the embedded demo (CPU, no network)
+    accelerate launch --config_file recipes/accelerate/single_process.yaml examples/run_dpkd.py
     accelerate launch examples/run_dpkd.py --quick                 # a one-minute smoke run
     accelerate launch examples/run_dpkd.py --config recipes/yelp_gpt2-large_distilgpt2.yaml
     accelerate launch examples/run_dpkd.py --stages evaluate --run_dir runs/demo
 
 Every stage writes into --run_dir; re-running the same command skips finished stages and resumes an
-interrupted one. `--help` lists every argument.
+interrupted one. `--help` lists every argument. The console is a run log (a line per stage with its seconds,
+progress bars, results); `--verbose` adds the Trainer's logs of each step. The accelerate config file states
+the launcher's settings, which `accelerate launch` without one picks and lists in a warning block.
 """
 
 import json

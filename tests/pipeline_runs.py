@@ -10,8 +10,12 @@ SCRIPT = ROOT / "examples" / "run_dpkd.py"
 
 
 def quick_env() -> dict[str, str]:
-    """The environment of a child run, read at call time (fixtures may have pointed it at a Hub)."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    """The environment of a child run, read at call time (fixtures may have pointed it at a Hub).
+
+    Without the tests' DS_ACCELERATOR: a child sees what a user's shell has, so its console is a user's.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 def quick_command(run_dir: Path, *extra: str) -> list[str]:

@@ -305,3 +305,58 @@ def test_resume_point_skips_a_checkpoint_a_kill_interrupted(tmp_path):
             (ckpt / "trainer_state.json").write_text("{}")
     assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
     assert not (tmp_path / "checkpoint-10").exists()
+
+
+def test_loggers_get_epsilon_at_each_step_and_the_privacy_report_once(tmp_path):
+    """report_to's loggers (here TensorBoard's event files) see the epsilon spent so far and, at the end, the report."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = _trainer(
+        tmp_path,
+        noise_multiplier=1.0,
+        max_steps=4,
+        logging_steps=1,
+        report_to=["tensorboard"],
+        save_strategy="no",
+    )
+    trainer.train()
+    (log_dir,) = (tmp_path / "runs").iterdir()
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    epsilon = events.Scalars("train/epsilon")
+    assert sorted({e.step for e in epsilon}) == [1, 2, 3, 4]  # each step (and the end-of-training metrics)
+    values = [e.value for e in epsilon]
+    assert all(a <= b for a, b in zip(values, values[1:])) and values[0] < values[-1]
+    ledger_epsilon = trainer.privacy_ledger.epsilon()
+    assert values[-1] == pytest.approx(ledger_epsilon, rel=1e-6, abs=1e-6)  # logged to 6 decimals, as float32
+    report = trainer.privacy_report()
+    for key in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps"):
+        (logged,) = events.Scalars(f"train/privacy/{key}")  # once, at the last step
+        assert logged.step == 4 and logged.value == pytest.approx(report[key], rel=1e-6), key
+    assert any(tag.startswith("train/privacy/accountant") for tag in events.Tags()["tensors"])
+    assert not any("loss" in tag for tag in events.Tags()["scalars"])  # the noiseless private loss stays out
+
+
+def test_save_model_writes_the_card_that_states_the_guarantee(tmp_path):
+    from hf_dpkd.hub import card_epsilon
+
+    trainer = _trainer(tmp_path, noise_multiplier=1.0, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    readme = tmp_path / "final" / "README.md"
+    assert card_epsilon(readme) == pytest.approx(trainer.privacy_ledger.epsilon(), rel=1e-12)
+    text = readme.read_text()
+    assert "differential-privacy" in text and "DP-SGD" in text and "noise_multiplier" in text
+    assert not (tmp_path / "checkpoint-2" / "README.md").exists()  # a checkpoint is not a model folder
+    # the card a push writes (create_model_card) is the card save_model writes into the same folder
+    trainer.save_model()
+    saved = (tmp_path / "README.md").read_text()
+    trainer.create_model_card()
+    assert (tmp_path / "README.md").read_text() == saved
+
+
+def test_a_run_without_noise_writes_no_privacy_card(tmp_path):
+    trainer = _trainer(tmp_path, disable_dp=True, max_steps=1, save_strategy="no")
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    assert not (tmp_path / "final" / "README.md").exists()

@@ -209,6 +209,16 @@ def test_dpkd_student_card_does_not_claim_post_processing(tmp_path):
     assert "synthetic-data" not in _read_front_matter(path)["tags"]
 
 
+def test_student_card_without_ledger_claims_neither_dp_sgd_nor_post_processing(tmp_path):
+    for data in ("private", "synthetic"):
+        path = write_model_card(
+            tmp_path, kind="student", base_model=None, ledger=None, method={"student_data": data}
+        )
+        what = path.read_text(encoding="utf-8").split("## Privacy")[0]
+        assert "trained WITHOUT differential privacy" in what, data
+        assert "DP-SGD" not in what and "post-processing" not in what, data
+
+
 def test_dataset_card_and_card_epsilon_detects_tampering(tmp_path):
     ledger = _ledger()
     path = write_dataset_card(

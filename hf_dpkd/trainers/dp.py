@@ -50,6 +50,10 @@ PRIVACY_UNIT = "one row of the training dataset"
 CHECKPOINT_HUB_STRATEGIES = ("checkpoint", "all_checkpoints")
 #: Logged values computed from a private batch without noise: dropped from the logs under DP by default.
 PRIVATE_LOG_KEYS = ("loss", "train_loss")
+#: Prefix of the privacy report that every finished DP training logs once to the loggers of report_to.
+PRIVACY_LOG_PREFIX = "privacy/"
+#: The privacy report's entries that the loggers receive (all of them public: the settings and the guarantee).
+PRIVACY_LOG_KEYS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "accountant")
 
 
 PACKED_ROWS_NOTE = (
@@ -428,6 +432,8 @@ class _PrivacyCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
+        # First of the callbacks: the loggers of report_to are still open when the report reaches them.
+        self.trainer.log_privacy_report()
         self.trainer.save_privacy_artifacts(args.output_dir)
 
 
@@ -440,6 +446,7 @@ class DPTrainer(Trainer):
 
     def __init__(self, *args, privacy_ledger: PrivacyLedger | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self._card_base_model: str | None = None
         self._dp_sampler: PoissonBatchSampler | None = None
         self._dp_optimizer: DPSGDOptimizer | None = None
         self._grad_sample_module: nn.Module | None = None
@@ -757,13 +764,28 @@ class DPTrainer(Trainer):
             "ledger": ledger.to_dict(),
         }
 
+    @property
+    def _states_guarantee(self) -> bool:
+        """Whether this training adds noise, so that it has an (epsilon, delta) guarantee to report."""
+        return bool(getattr(self.args, "dp_enabled", False) and not getattr(self.args, "disable_dp", False))
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.args.dp_enabled and not self.args.disable_dp:
+        """The Trainer's logs, under DP without the noiseless private loss and with the epsilon spent so far."""
+        if self._states_guarantee:
             if not self.args.log_private_loss:
                 logs = {k: v for k, v in logs.items() if k not in PRIVATE_LOG_KEYS}
-            if self._dp_steps > 0:
+            is_report = any(k.startswith(PRIVACY_LOG_PREFIX) for k in logs)
+            if self._dp_steps > 0 and not is_report:
                 logs["epsilon"] = round(self.privacy_ledger.epsilon(), 6)
         super().log(logs, start_time)
+
+    def log_privacy_report(self) -> None:
+        """Log the guarantee of the training so far (epsilon, delta, noise multiplier, sample rate, steps,
+        accountant) once, under `privacy/`, to every logger of report_to; called when training ends."""
+        if not self._states_guarantee:
+            return
+        report = self.privacy_report()
+        self.log({PRIVACY_LOG_PREFIX + k: report[k] for k in PRIVACY_LOG_KEYS})
 
     def save_privacy_artifacts(self, output_dir: str) -> None:
         """Write privacy_ledger.json and privacy_report.json into `output_dir` (main process only)."""
@@ -781,16 +803,26 @@ class DPTrainer(Trainer):
         self, model_name: str | None = None, finetuned_from: str | None = None, **kwargs
     ) -> None:
         """The Trainer's `push_to_hub` card, replaced under DP by one that states the guarantee."""
-        if not self.args.dp_enabled or self.args.disable_dp:
+        if not self._states_guarantee:
             return super().create_model_card(model_name=model_name, finetuned_from=finetuned_from, **kwargs)
-        if not self.is_world_process_zero():
+        if finetuned_from:
+            self._card_base_model = finetuned_from  # later saves write the same card
+        self.write_privacy_card(self.args.output_dir)
+
+    def write_privacy_card(self, output_dir: str) -> None:
+        """README.md of `output_dir`: the model card that states the guarantee, with the ledger and report beside it.
+
+        The one card of a DP model: `save_model` writes it into every model folder and `push_to_hub` into the
+        folder it uploads, so a folder copied or uploaded by hand carries the same guarantee as a pushed one.
+        """
+        if not self._states_guarantee or not self.is_world_process_zero():
             return
         from hf_dpkd.hub import write_model_card
 
-        self.save_privacy_artifacts(self.args.output_dir)
-        base = finetuned_from or getattr(self.model.config, "_name_or_path", None) or None
+        self.save_privacy_artifacts(output_dir)
+        base = self._card_base_model or getattr(self.model.config, "_name_or_path", None) or None
         write_model_card(
-            self.args.output_dir,
+            output_dir,
             kind=self.model_card_kind,
             base_model=base,
             ledger=self.privacy_ledger,
@@ -817,12 +849,15 @@ class DPTrainer(Trainer):
         super()._save(output_dir, state_dict=state_dict)
         if self.args.dp_enabled:
             output_dir = output_dir if output_dir is not None else self.args.output_dir
-            self.save_privacy_artifacts(output_dir)
-            # The resume state (with the secret DP seed) goes into checkpoints only, never into a model
-            # folder that may be pushed; it is written before the Trainer's trainer_state.json.
             is_checkpoint = os.path.basename(os.path.normpath(output_dir)).startswith(
                 f"{PREFIX_CHECKPOINT_DIR}-"
             )
+            if not is_checkpoint and self._states_guarantee:
+                self.write_privacy_card(output_dir)  # a model folder states its guarantee, pushed or not
+            else:
+                self.save_privacy_artifacts(output_dir)
+            # The resume state (with the secret DP seed) goes into checkpoints only, never into a model
+            # folder that may be pushed; it is written before the Trainer's trainer_state.json.
             if self.args.should_save and is_checkpoint:
                 import io
 
