@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import statistics
 from pathlib import Path
@@ -96,6 +95,8 @@ def aggregate(result_files: list[Path]) -> dict[str, Any]:
 
 
 def draws_markdown(summary: dict[str, Any]) -> str:
+    from hf_dpkd.pipeline import epsilon_cell
+
     n = summary["draws"]
     lines = [
         f"Test perplexity over {n} independent DP draws (mean ± sample standard deviation; every draw's "
@@ -105,7 +106,7 @@ def draws_markdown(summary: dict[str, Any]) -> str:
         "|---|---:|---:|---|---:|",
     ]
     for r in summary["rows"]:
-        eps = "inf (not private)" if not math.isfinite(r["epsilon"]) else f"{r['epsilon']:.3f}"
+        eps = epsilon_cell(r["epsilon"])
         draws = ", ".join(f"{x:.2f}" for x in r["test_perplexities"])
         lines.append(
             f"| {r['label']} | {eps} | {r['test_perplexity_mean']:.2f} ± {r['test_perplexity_std']:.2f} | "

@@ -19,6 +19,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +48,24 @@ COMPLETE = ".complete"  # marker of a finished model folder
 #: Never uploaded from a model folder: checkpoints and DP state (the secret seed), pickled arguments, and the
 #: loggers' folders (the Trainer's logs of private batches).
 NEVER_PUSHED = ["checkpoint-*", "*.pt", "training_args.bin", COMPLETE, "runs/*", "runs/**", "logs/**"]
-STUDENT_METHODS = ("distildp", "dp_syn_data", "dp_sgd_student", "dpkd", "on_policy", "dp_opd")
+STUDENT_METHODS = (
+    "distildp",
+    "dp_syn_data",
+    "dp_sgd_student",
+    "non_private_student",
+    "dpkd",
+    "on_policy",
+    "dp_opd",
+)
 METHOD_LABELS = {
     "non_private_teacher": "Teacher, non-private (reference)",
     "teacher": "DP teacher",
     "distildp": "DistilDP student (CE + KD)",
     "dp_syn_data": "DP Syn Data student (CE only)",
     "dp_sgd_student": "DP-SGD student",
+    "non_private_student": "Student, non-private (reference)",
+    "public_teacher": "Public base teacher (no private data)",
+    "public_student": "Public base student (no private data)",
     "dpkd": "DPKD student",
     "on_policy": "On-policy student (DP teacher)",
     "dp_opd": "DP-OPD student (DP-SGD, on-policy)",
@@ -72,7 +85,7 @@ def _training_args(output_dir: Path, config: RunConfig, **kwargs) -> dict[str, A
         save_steps=config.pipeline.save_steps,
         save_total_limit=1,
         logging_steps=10,
-        lr_scheduler_type="constant",
+        lr_scheduler_type=config.pipeline.lr_scheduler_type,
         weight_decay=0.01,
         disable_tqdm=False,
         dataloader_num_workers=0,
@@ -92,14 +105,22 @@ def _resume_point(output_dir: Path) -> str | None:
 
 
 def _train_and_save(
-    trainer, tokenizer, output: Path, final: Path, ledger: PrivacyLedger | None = None
+    trainer,
+    tokenizer,
+    output: Path,
+    final: Path,
+    ledger: PrivacyLedger | None = None,
+    card: Callable[[Path], Path] | None = None,
 ) -> Path:
-    """Train (resuming from the last complete checkpoint), save the model folder, and mark it finished last."""
+    """Train (resuming from the last complete checkpoint), save the model folder with its `card` (README.md,
+    the one a push uploads), and mark it finished last."""
     trainer.train(resume_from_checkpoint=_resume_point(output))
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
     if ledger is not None:
         ledger.save(final)
+    if card is not None:
+        card(final)
     atomic_write_text(final / COMPLETE, "finished\n")  # written last: a kill never leaves a "done" model
     return final
 
@@ -128,6 +149,9 @@ def load_model_and_tokenizer(
             f"--{argument} {path!r}: no such folder; give a local model folder or a Hub id (namespace/name)."
         )
     tokenizer = AutoTokenizer.from_pretrained(path)
+    # Every use here cuts or windows its sequences to the model's length itself (training rows, perplexity
+    # windows, audit scores), so the tokenizer's "longer than the maximum sequence length" notice is moot.
+    tokenizer.deprecation_warnings[LONG_SEQUENCE_NOTICE] = True
     try:
         model = AutoModelForCausalLM.from_pretrained(path)
     except ValueError as e:
@@ -148,6 +172,10 @@ def _check_splits(private: DatasetDict, name: str) -> None:
             )
 
 
+#: The key under which a tokenizer records that it already gave its "sequence longer than the maximum" notice.
+LONG_SEQUENCE_NOTICE = "sequence-length-is-longer-than-the-specified-maximum"
+
+
 def _looks_like_hub_id(path: str) -> bool:
     return path.count("/") == 1 and not Path(path).exists()
 
@@ -166,7 +194,7 @@ def _tokenize_for_lm(dataset: Dataset, tokenizer, fmt, max_length: int, mask_pro
         for i in range(len(batch["text"])):
             record = {c: batch[c][i] for c in columns}
             prompt = fmt.format_prompt(record)
-            full = tokenizer(prompt + record["text"] + eos)["input_ids"]
+            full = tokenizer(prompt + record["text"] + eos, verbose=False)["input_ids"]  # cut below
             ids = full[:max_length]
             labels = list(ids)
             if mask_prompt:
@@ -180,7 +208,8 @@ def _tokenize_for_lm(dataset: Dataset, tokenizer, fmt, max_length: int, mask_pro
 
     encoded = dataset.map(encode, batched=True, remove_columns=columns, desc="tokenizing")
     truncated = int(sum(encoded[TRUNCATED]))
-    if truncated:
+    if truncated and (truncated, len(encoded), max_length) not in _TRUNCATION_REPORTED:
+        _TRUNCATION_REPORTED.add((truncated, len(encoded), max_length))  # once per process, not per training
         logger.warning(
             "%d of %d texts are longer than max_length=%d tokens with their control codes and were truncated "
             "(raise --max_length to keep them whole).",
@@ -192,6 +221,7 @@ def _tokenize_for_lm(dataset: Dataset, tokenizer, fmt, max_length: int, mask_pro
 
 
 TRUNCATED = "_truncated"
+_TRUNCATION_REPORTED: set[tuple[int, int, int]] = set()
 
 
 def _lm_collator(tokenizer):
@@ -299,7 +329,10 @@ class Pipeline:
 
     # -- stage runner -----------------------------------------------------------------------------
     def run_stages(self) -> dict[str, Any]:
-        with self.run:
+        """Run the stages not yet done, printing one line as each starts and its seconds as it ends."""
+        from hf_dpkd.console import run_log
+
+        with self.run, run_log(verbose=self.config.pipeline.verbose):
             self._check_same_settings()
             atomic_write_text(self.run / "config.json", json.dumps(self.config.to_dict(), indent=2))
             for stage in self.config.stage_list:
@@ -317,6 +350,7 @@ class Pipeline:
                 result = getattr(self, f"stage_{stage}")() or {}
                 result["seconds"] = round(time.time() - start, 1)
                 self.run.mark_done(stage, result)
+                print(f"    stage {stage} done in {result['seconds']:.1f} s", flush=True)
             return self.summary()
 
     #: Arguments that do not change what the stages compute (where to push, which stages to run).
@@ -334,6 +368,7 @@ class Pipeline:
         "audit_canary_candidates",
         "cpu_threads",
         "repeats",
+        "verbose",
     }
 
     def _check_same_settings(self) -> None:
@@ -367,7 +402,10 @@ class Pipeline:
             from hf_dpkd.synthetic.control_codes import ControlCodeFormat
 
             demo = make_demo_dataset(
-                num_train=c.data.demo_num_train, num_public=c.data.demo_num_public, seed=c.pipeline.seed
+                num_train=c.data.demo_num_train,
+                num_public=c.data.demo_num_public,
+                seed=c.pipeline.seed,
+                public_coverage=c.data.demo_public_coverage,
             )
             public = demo.dataset["public"]
             private = DatasetDict({k: v for k, v in demo.dataset.items() if k != "public"})
@@ -377,7 +415,7 @@ class Pipeline:
             info["canaries"] = demo.canaries
             public.save_to_disk(str(self.run / "data" / "public"))
             fmt = ControlCodeFormat(fields=tuple(demo.control_fields.items()))
-            public_texts = [fmt.format_training_text(r, r["text"]) for r in public]
+            public_texts = demo.public_texts(fmt)
             tokenizer = train_demo_tokenizer(public_texts)
             paths = build_demo_models(
                 self.run.path,
@@ -667,7 +705,7 @@ class Pipeline:
                 processing_class=tokenizer,
                 data_collator=_lm_collator(tokenizer),
             )
-        return _train_and_save(trainer, tokenizer, output, final)
+        return _train_and_save(trainer, tokenizer, output, final, card=partial(self.write_card, output.name))
 
     def stage_teacher(self) -> dict[str, Any]:
         c = self.config
@@ -878,7 +916,14 @@ class Pipeline:
         # Post-processing: the student inherits the guarantee of what it saw (the synthetic data, plus the
         # teacher's soft labels for KD), composed, with no new release.
         sources = [self.synthetic_dir()] + ([self.teacher_dir()] if method != "dp_syn_data" else [])
-        return _train_and_save(trainer, tokenizer, output, final, ledger=self._composed(*sources))
+        return _train_and_save(
+            trainer,
+            tokenizer,
+            output,
+            final,
+            ledger=self._composed(*sources),
+            card=partial(self.write_card, method),
+        )
 
     def stage_students(self) -> dict[str, Any]:
         c = self.config
@@ -899,6 +944,14 @@ class Pipeline:
                     learning_rate=c.teacher.teacher_learning_rate,
                     target_epsilon=eps,
                     release_name="student_dp_sgd",
+                )
+            elif method == "non_private_student":  # the student's level without DP (a reference, epsilon inf)
+                final = self._train_private(
+                    self.base_path("student"),
+                    out,
+                    epochs=c.student.dp_student_epochs,
+                    learning_rate=c.teacher.teacher_learning_rate,
+                    target_epsilon=None,
                 )
             elif method == "dp_opd" and c.student.dp_opd_teacher == "public":
                 # DP-OPD from the public base teacher (never saw the private data): the student spends all of eps
@@ -958,11 +1011,16 @@ class Pipeline:
         c = self.config
         test_texts = list(self.data()["test"]["text"])
         rows = []
-        for name, path in self.model_dirs().items():
+        models = dict(self.model_dirs())
+        # The public base models never saw the private data (epsilon 0): the level below which a private
+        # method shows that the private data helped.
+        public = {f"public_{w}": self.base_path(w) for w in ("teacher", "student")}
+        models.update({k: v for k, v in public.items() if (v / "config.json").is_file()})
+        for name, path in models.items():
             model, tokenizer = load_model_and_tokenizer(path)
             ppl = perplexity(model, tokenizer, test_texts, window=min(128, c.data.max_length))
-            ledger = self.ledger_for(path)
-            eps = ledger.epsilon() if ledger and ledger.releases else math.inf
+            ledger = None if name in public else self.ledger_for(path)
+            eps = ledger.epsilon() if ledger and ledger.releases else (0.0 if name in public else math.inf)
             rows.append(
                 {
                     "method": name,
@@ -985,8 +1043,15 @@ class Pipeline:
     # -- stage: audit -----------------------------------------------------------------------------
     def stage_audit(self) -> dict[str, Any]:
         from hf_dpkd.audit.canaries import Canary, canary_exposures
+        from hf_dpkd.audit.matching import match_non_members
         from hf_dpkd.audit.memorization import memorization_gap
-        from hf_dpkd.audit.mia import run_membership_inference
+        from hf_dpkd.audit.metrics import DEFAULT_CONFIDENCE, DEFAULT_NUM_RESAMPLES
+        from hf_dpkd.audit.mia import (
+            LEAK_RULE,
+            compare_with_no_leak,
+            membership_verdict,
+            run_membership_inference,
+        )
         from hf_dpkd.audit.report import write_audit_report
 
         c = self.config
@@ -994,10 +1059,10 @@ class Pipeline:
         fmt = self.fmt()
         n = min(c.audit.audit_num_records, len(data["train"]), len(data["test"]))
         members = [(fmt.format_prompt(r), r["text"]) for r in data["train"].shuffle(seed=1).select(range(n))]
-        non_members = [
-            (fmt.format_prompt(r), r["text"]) for r in data["test"].shuffle(seed=1).select(range(n))
-        ]
-        reference, _ = load_model_and_tokenizer(self.base_path("teacher"))
+        # non-members: the held-out records that match the members' control codes and lengths
+        pool = [(fmt.format_prompt(r), r["text"]) for r in data["test"]]
+        non_members, balance = match_non_members(members, pool, seed=1)
+        reference, reference_tokenizer = load_model_and_tokenizer(self.base_path("teacher"))
         canaries = [
             Canary(
                 secret=x["secret"],
@@ -1008,8 +1073,45 @@ class Pipeline:
             )
             for x in self.info().get("canaries", [])
         ]
+        # records are scored as they were trained: cut to --max_length tokens (prompt included)
+        mia_args = dict(
+            mope_num_perturbations=c.audit.audit_mope_perturbations,
+            max_length=c.data.max_length,
+            show_progress=False,
+        )
+        no_leak_runs: dict[tuple[str, bool], dict[str, dict]] = {}
+
+        def no_leak(which: str, with_reference: bool) -> dict[str, dict]:
+            """The public base model `which` (never saw the private data), scored once per attack set."""
+            if (which, with_reference) not in no_leak_runs:
+                base, base_tokenizer = (
+                    (reference, reference_tokenizer)
+                    if which == "teacher"
+                    else load_model_and_tokenizer(self.base_path(which))
+                )
+                no_leak_runs[which, with_reference] = run_membership_inference(
+                    base,
+                    base_tokenizer,
+                    members,
+                    non_members,
+                    reference_model=reference if with_reference else None,
+                    include_curves=False,
+                    return_scores=True,
+                    **mia_args,
+                )
+            return no_leak_runs[which, with_reference]
+
         dirs = self.model_dirs()
-        summary: dict[str, Any] = {"num_members": n, "num_non_members": n, "models": {}}
+        summary: dict[str, Any] = {
+            "num_members": n,
+            "num_non_members": n,
+            "confidence": DEFAULT_CONFIDENCE,
+            "num_resamples": DEFAULT_NUM_RESAMPLES,
+            "matching": balance,
+            "rule": LEAK_RULE,
+            "no_leak": {},
+            "models": {},
+        }
         for name in [m.strip() for m in c.audit.audit_models.split(",") if m.strip()]:
             if name not in dirs:
                 continue
@@ -1019,35 +1121,74 @@ class Pipeline:
                 reference.get_input_embeddings().weight.shape[0]
                 == model.get_input_embeddings().weight.shape[0]
             )
+            which = "student" if name in STUDENT_METHODS else "teacher"
+            base_name = f"base/{which}"
+            membership = run_membership_inference(
+                model,
+                tokenizer,
+                members,
+                non_members,
+                reference_model=reference if same_vocab else None,
+                include_curves=True,
+                return_scores=True,
+                **mia_args,
+            )
+            baseline = no_leak(which, same_vocab)
+            membership = compare_with_no_leak(membership, baseline, no_leak_name=base_name)
+            verdict = membership_verdict(membership)
             result: dict[str, Any] = {
-                "membership": run_membership_inference(
+                "membership": membership,
+                "verdict": verdict,
+                "matching": balance,
+                "memorization": memorization_gap(
                     model,
                     tokenizer,
                     members,
                     non_members,
-                    reference_model=reference if same_vocab else None,
-                    mope_num_perturbations=c.audit.audit_mope_perturbations,
-                    include_curves=True,
+                    prompt_tokens=8,
+                    num_tokens=16,
+                    show_progress=False,
                 ),
-                "memorization": memorization_gap(
-                    model, tokenizer, members, non_members, prompt_tokens=8, num_tokens=16
-                ),
-                "meta": {"model": name, "path": str(dirs[name]), "epsilon": self._epsilon_of(dirs[name])},
-            }
-            if canaries:
-                n = c.audit.audit_canary_candidates
-                result["canaries"] = canary_exposures(
-                    model, tokenizer, canaries, exact_limit=n, num_samples=n
-                )
-            write_audit_report(result, self.run / "audit" / name)
-            summary["models"][name] = {
-                "epsilon": result["meta"]["epsilon"],
-                "auc": {a: r["auc"] for a, r in result["membership"].items()},
-                "memorization_gap": result["memorization"]["gap"],
-                "canary_exposure_by_repeats": {
-                    str(k): v["mean"] for k, v in (result.get("canaries") or {}).get("by_repeats", {}).items()
+                "meta": {
+                    "model": name,
+                    "path": str(dirs[name]),
+                    "epsilon": self._epsilon_of(dirs[name]),
+                    "no_leak_model": f"{base_name} (public base, never saw the private data)",
                 },
             }
+            if canaries:
+                k = c.audit.audit_canary_candidates
+                result["canaries"] = canary_exposures(
+                    model, tokenizer, canaries, exact_limit=k, num_samples=k, show_progress=False
+                )
+            write_audit_report(result, self.run / "audit" / name)
+            summary["no_leak"][base_name] = _audit_row(baseline, summary["no_leak"].get(base_name, {}))
+            row = _audit_row(membership, {})
+            row.update(
+                epsilon=result["meta"]["epsilon"],
+                no_leak_model=base_name,
+                auc_minus_no_leak={
+                    a: {k: r["vs_no_leak"][k] for k in ("difference", "interval", "confidence")}
+                    for a, r in membership.items()
+                },
+                leaks=verdict["leaks"],
+                flagged_attacks=verdict["flagged_attacks"],
+                verdict=verdict["summary"],
+                memorization_gap=result["memorization"]["gap"],
+                memorization_gap_interval=result["memorization"]["gap_interval"],
+                canary_exposure_by_repeats={
+                    str(k): v["mean"] for k, v in (result.get("canaries") or {}).get("by_repeats", {}).items()
+                },
+                canaries_exposed=(result.get("canaries") or {}).get("exposed"),
+                canary_no_leak_level=((result.get("canaries") or {}).get("no_leak") or {}).get("level"),
+            )
+            summary["models"][name] = row
+            loss, base_loss = membership["loss"], baseline["loss"]
+            print(
+                f"    audit {name}: {verdict['summary']}; loss AUC {_ci_text(loss['auc'], loss['intervals']['auc'])}"
+                f" vs no-leak {_ci_text(base_loss['auc'], base_loss['intervals']['auc'])}",
+                flush=True,
+            )
         atomic_write_text(self.run / "audit" / "audit.json", json.dumps(summary, indent=2, default=str))
         atomic_write_text(self.run / "audit" / "audit.md", audit_markdown(summary))
         return {"models": list(summary["models"])}
@@ -1056,25 +1197,71 @@ class Pipeline:
         ledger = self.ledger_for(path)
         return ledger.epsilon() if ledger and ledger.releases else math.inf
 
+    # -- model cards ------------------------------------------------------------------------------
+    def _card_of(self, which: str) -> tuple[str, dict[str, Any]]:
+        """The card kind and method of the model folder of `which` (a method of STUDENT_METHODS, "teacher",
+        "non_private_teacher" or "dpkd_teacher")."""
+        s = self.config.student
+        if which == "teacher":
+            return "teacher", {"method": "DP-SGD fine-tuning (DistilDP teacher)"}
+        if which.startswith("non_private_"):
+            role = "teacher" if which.endswith("teacher") else "student"
+            return "dp_finetune", {"name": f"fine-tuning without DP (the non-private reference {role})"}
+        if which == "dpkd_teacher":
+            return "dp_finetune", {"name": "DP-SGD fine-tuning of the DPKD and DP-OPD teacher (half budget)"}
+        if which == "distildp":
+            return "student", {
+                "method": "DistilDP",
+                "student_data": "synthetic",
+                "kd_lambda": s.kd_lambda,
+                "temperature": s.kd_temperature,
+            }
+        names = {
+            "dp_syn_data": ("DP Syn Data (cross-entropy on the synthetic data)", "synthetic"),
+            "on_policy": ("on-policy distillation from the DP teacher", "synthetic"),
+            "dp_sgd_student": ("DP-SGD fine-tuning of the student", "private"),
+            "dpkd": ("DPKD (distillation with DP-SGD on the private data)", "private"),
+            "dp_opd": ("DP-OPD (on-policy distillation with DP-SGD on the private data)", "private"),
+        }
+        if which not in names:  # a folder of another name: a generic card, with the guarantee of its ledger
+            return "dp_finetune", {"name": which}
+        name, data = names[which]
+        return "student", {"name": name, "student_data": data}
+
+    def write_card(self, which: str, folder: Path, repo_id: str | None = None) -> Path:
+        """README.md of the model folder of `which`: the guarantee of its ledger, its method, and its test
+        perplexity once the run has evaluated it.
+
+        The one card of a run's model: written when the model is saved and again before a push (then with the
+        repository's id), so a folder copied or uploaded by hand states the guarantee that a pushed one does.
+        """
+        from hf_dpkd.hub import write_model_card
+
+        kind, method = self._card_of(which)
+        teacher = which.endswith("teacher")
+        # a private method's folder must hold its ledger (a missing one fails here, never as "not private")
+        ledger = None if which.startswith("non_private_") else PrivacyLedger.load(folder)
+        ppl = {r["method"]: r["test_perplexity"] for r in self.summary().get("rows", [])}
+        return write_model_card(
+            folder,
+            kind=kind,
+            base_model=self.config.teacher.teacher_model if teacher else self.config.teacher.student_model,
+            ledger=ledger,
+            method=method,
+            eval_results={"perplexity": ppl[which]} if which in ppl else None,
+            repo_id=repo_id,
+            model_name=None if repo_id else f"{self.run.path.resolve().name}-{which}",  # not "final"
+        )
+
     # -- stage: push ------------------------------------------------------------------------------
     def stage_push(self) -> dict[str, Any]:
-        from hf_dpkd.hub import push_folder_to_hub, write_model_card
+        from hf_dpkd.hub import push_folder_to_hub
 
         h = self.config.hub
         pushed = {}
-        results = self.summary()
-        ppl = {r["method"]: r["test_perplexity"] for r in results.get("rows", [])}
         if h.push_teacher:
             folder = self.run / "teacher" / "final"
-            write_model_card(
-                folder,
-                kind="teacher",
-                base_model=self.config.teacher.teacher_model,
-                ledger=PrivacyLedger.load(folder),
-                method={"method": "DP-SGD fine-tuning (DistilDP teacher)"},
-                eval_results={"perplexity": ppl["teacher"]} if "teacher" in ppl else None,
-                repo_id=h.push_teacher,
-            )
+            self.write_card("teacher", folder, repo_id=h.push_teacher)
             pushed["teacher"] = push_folder_to_hub(
                 folder,
                 h.push_teacher,
@@ -1093,20 +1280,7 @@ class Pipeline:
             )
         if h.push_student:
             folder = self.run / "students" / "distildp" / "final"
-            write_model_card(
-                folder,
-                kind="student",
-                base_model=self.config.teacher.student_model,
-                ledger=PrivacyLedger.load(folder),
-                method={
-                    "method": "DistilDP",
-                    "student_data": "synthetic",
-                    "kd_lambda": self.config.student.kd_lambda,
-                    "temperature": self.config.student.kd_temperature,
-                },
-                eval_results={"perplexity": ppl["distildp"]} if "distildp" in ppl else None,
-                repo_id=h.push_student,
-            )
+            self.write_card("distildp", folder, repo_id=h.push_student)
             pushed["student"] = push_folder_to_hub(
                 folder,
                 h.push_student,
@@ -1117,47 +1291,107 @@ class Pipeline:
         return pushed
 
 
+def _ci_text(value: float, interval: list[float], digits: int = 3) -> str:
+    """A value with its interval, e.g. '0.650 [0.611, 0.688]'."""
+    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+def _audit_row(membership: dict[str, dict], row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with the AUC and TPR@FPR of every attack of `membership` and their intervals (audit.json summary)."""
+    out = {k: dict(row.get(k, {})) for k in ("auc", "auc_interval", "tpr", "tpr_interval")}
+    for attack, r in membership.items():
+        keys = [k for k in r if k.startswith("tpr@fpr=")]
+        out["auc"][attack] = r["auc"]
+        out["auc_interval"][attack] = r["intervals"]["auc"]
+        out["tpr"][attack] = {k: r[k] for k in keys}
+        out["tpr_interval"][attack] = {k: r["intervals"][k] for k in keys}
+    return {**row, **out}
+
+
 def audit_markdown(summary: dict[str, Any]) -> str:
-    """One row per audited model: epsilon, MIA AUC per attack, memorization gap, canary exposure."""
+    """One row per audited model and per no-leak model (a public base scored on the same records): epsilon,
+    MIA AUC per attack with its interval, the verdict, memorization gap, canary exposure."""
     models = summary["models"]
     if not models:
         return "# Privacy audit\n\nNo model audited.\n"
-    attacks = sorted({a for m in models.values() for a in m["auc"]})
+    no_leak = summary.get("no_leak", {})
+    attacks = sorted({a for m in [*models.values(), *no_leak.values()] for a in m["auc"]})
     repeats = sorted({r for m in models.values() for r in m["canary_exposure_by_repeats"]}, key=float)
+    conf = summary.get("confidence", 0.95)
     head = [
         "model",
         "epsilon",
         *[f"AUC {a}" for a in attacks],
+        "verdict (vs no-leak)",
         "memorization gap",
         *[f"exposure x{r}" for r in repeats],
     ]
+    balance = summary.get("matching") or {}
     lines = [
         "# Privacy audit",
         "",
         f"{summary['num_members']} members (private training records) vs {summary['num_non_members']} non-members "
-        "(held-out test records). AUC 0.5 = chance. Exposure in bits (max log2 #candidates). An audit gives "
-        "evidence and lower bounds; it never certifies privacy (see docs/auditing.md).",
+        "(held-out test records matched to the members on control code and length). Each AUC is followed by its "
+        f"{conf:.0%} bootstrap interval over records. The no-leak rows are the public base models, which never saw "
+        "the private data, scored with the same attacks on the same records: a model is compared with its base, "
+        "not with 0.5. Exposure in bits (max log2 #candidates). An audit gives evidence and lower bounds; it "
+        "never certifies privacy (see docs/auditing.md).",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
     ]
+    if balance:
+        lines += [
+            f"Members vs non-members: mean length {balance['member_mean_length']:.1f} vs "
+            f"{balance['non_member_mean_length']:.1f} characters (standardized difference "
+            f"{balance['standardized_length_difference']:+.3f}), control-code distance (total variation) "
+            f"{balance['code_total_variation']:.3f}.",
+            "",
+        ]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def auc_cells(m: dict[str, Any]) -> list[str]:
+        return [_ci_text(m["auc"][a], m["auc_interval"][a]) if a in m["auc"] else "" for a in attacks]
+
     for name, m in models.items():
         eps = "inf" if not math.isfinite(m["epsilon"]) else f"{m['epsilon']:.2f}"
+        verdict = "LEAKS (" + ", ".join(m["flagged_attacks"]) + ")" if m.get("leaks") else "no leak detected"
         cells = [
             name,
             eps,
-            *[f"{m['auc'].get(a, float('nan')):.3f}" for a in attacks],
-            f"{m['memorization_gap']:.3f}",
+            *auc_cells(m),
+            f"{verdict} vs {m.get('no_leak_model', '?')}",
+            _ci_text(m["memorization_gap"], m["memorization_gap_interval"])
+            if m.get("memorization_gap_interval")
+            else f"{m['memorization_gap']:.3f}",
         ]
         cells += [f"{m['canary_exposure_by_repeats'].get(r, float('nan')):.2f}" for r in repeats]
         lines.append("| " + " | ".join(cells) + " |")
+    for name, m in no_leak.items():
+        cells = [f"{name} (no-leak)", "public", *auc_cells(m), "", ""] + [""] * len(repeats)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Verdict rule: {summary.get('rule', '')}"]
+    levels = {m.get("canary_no_leak_level") for m in models.values()} - {None}
+    if levels:
+        lines += [
+            "",
+            f"A canary is exposed above the no-leak level when its exposure exceeds {max(levels):.2f} bits (a model "
+            "that never saw it gets 1 bit in the median). Exposed canaries: "
+            + ", ".join(f"{n} {m.get('canaries_exposed')}" for n, m in models.items())
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def epsilon_cell(epsilon: float) -> str:
+    """Epsilon as a results table shows it: inf is not private, 0 never saw the private data."""
+    if not math.isfinite(epsilon):
+        return "inf (not private)"
+    return "0 (no private data)" if epsilon == 0 else f"{epsilon:.3f}"
 
 
 def results_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| Method | epsilon | Test perplexity | Parameters |", "|---|---:|---:|---:|"]
     for r in rows:
-        eps = "inf (not private)" if not math.isfinite(r["epsilon"]) else f"{r['epsilon']:.3f}"
+        eps = epsilon_cell(r["epsilon"])
         if math.isfinite(r["epsilon"]) and not r.get("epsilon_is_upper_bound", True):
             eps = f"≈{eps} (GDP approximation)"
         lines.append(f"| {r['label']} | {eps} | {r['test_perplexity']:.2f} | {r['num_parameters']:,} |")

@@ -234,8 +234,9 @@ def test_non_private_histogram_stage_makes_every_dependent_epsilon_infinite(
     teacher_sgd = PrivacyLedger.load(run / "teacher" / "final").get("teacher_dp_sgd")
     assert teacher_sgd is not None and teacher_sgd.noise_multiplier > 0
     rows = {r["method"]: r for r in json.loads((run / "results.json").read_text())["rows"]}
-    assert set(rows) == {"teacher", "distildp"}
+    assert set(rows) == {"teacher", "distildp", "public_teacher", "public_student"}
     assert rows["teacher"]["epsilon"] == INF and rows["distildp"]["epsilon"] == INF
+    assert rows["public_teacher"]["epsilon"] == rows["public_student"]["epsilon"] == 0.0
     table = (run / "results.md").read_text()
     assert table.count("| inf (not private) |") == 2, table
     for card in ("synthetic/README.md", "teacher/final/README.md", "students/distildp/final/README.md"):

@@ -128,9 +128,37 @@ def test_bad_sizes_are_named():
         make_demo_dataset(num_test=0)
 
 
+def test_public_coverage_adds_the_private_language_not_its_records_labels_or_codes():
+    covered = make_demo_dataset(**SIZES, seed=0, public_coverage=0.25)
+    plain = make_demo_dataset(**SIZES, seed=0)
+    public = covered.dataset["public"]
+    assert len(public) == SIZES["num_public"]
+    language = [r for r in public if r["category"] == ""]
+    assert len(language) == round(0.25 * SIZES["num_public"]) and all(r["stars"] == "" for r in language)
+    # the rest is the shifted public categories; the private splits are untouched
+    assert {r["category"] for r in public if r["category"]} <= {c.name for c in PUBLIC_CATEGORIES}
+    for split in ("train", "validation", "test"):
+        assert _rows(covered.dataset[split]) == _rows(plain.dataset[split])
+    # the private categories' words now reach public pretraining and the tokenizer...
+    texts = [r["text"] for r in language]
+    assert sum(" portions" in t for t in texts) > 5
+    tok = train_demo_tokenizer(_public_texts(covered))
+    assert len(tok(" portions")["input_ids"]) < len(
+        train_demo_tokenizer(_public_texts(plain))(" portions")["input_ids"]
+    )
+    # ... but not their frequencies: private training data is Restaurant-heavy, covered text is not
+    restaurant_words = sum("ordered the" in t or "waiter" in t for t in texts) / len(texts)
+    private = list(plain.dataset["train"]["text"])
+    assert restaurant_words < sum("ordered the" in t or "waiter" in t for t in private) / len(private)
+    assert (
+        make_demo_dataset(**SIZES, seed=0, public_coverage=0.25).dataset["public"]["text"] == public["text"]
+    )
+    with pytest.raises(ValueError, match=r"public_coverage=1.5 must be in \[0, 1\]"):
+        make_demo_dataset(public_coverage=1.5)
+
+
 def _public_texts(demo):
-    fmt = ControlCodeFormat(fields=tuple(demo.control_fields.items()))
-    return [fmt.format_training_text(r, r["text"]) for r in demo.dataset["public"]]
+    return demo.public_texts()
 
 
 def test_tokenizer_learns_only_what_it_is_given(demo, tmp_path):

@@ -58,8 +58,10 @@ def test_repeats_draw_fresh_noise_and_share_the_data_stage(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "±" in done.stdout
     summary = json.loads((run / "results.json").read_text())
-    (row,) = summary["rows"]
-    assert summary["draws"] == 2 and row["method"] == "dp_sgd_student"
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert set(rows) == {"dp_sgd_student", "public_teacher", "public_student"}
+    row = rows["dp_sgd_student"]
+    assert summary["draws"] == 2
     first, second = row["test_perplexities"]
     assert first != second  # each draw has its own secret seed: fresh DP noise
     seeds = [
@@ -69,10 +71,12 @@ def test_repeats_draw_fresh_noise_and_share_the_data_stage(tmp_path):
     for k in (1, 2):  # the deterministic data stage ran once and is shared
         assert (run / "draws" / f"draw-{k}" / "data").resolve() == (run / "data").resolve()
     assert row["test_perplexity_mean"] == pytest.approx((first + second) / 2)
+    # the public base models come from the shared data stage: the same in every draw
+    assert rows["public_student"]["test_perplexity_std"] == 0.0
     assert (run / "results.png").stat().st_size > 0
 
 
-def test_sweep_plot_reads_every_epsilon_and_skips_non_private_rows(tmp_path):
+def test_sweep_plot_reads_every_epsilon_and_draws_references_apart(tmp_path):
     import subprocess
     import sys
 
@@ -81,12 +85,15 @@ def test_sweep_plot_reads_every_epsilon_and_skips_non_private_rows(tmp_path):
     for eps, ppl in ((0.5, 60.0), (2, 40.0), (8, 30.0)):
         _results(
             tmp_path / f"eps_{eps}" / "results.json",
-            [_row("dp_sgd_student", ppl, eps), _row("ref", 9.0, math.inf)],
+            [_row("dp_sgd_student", ppl, eps), _row("ref", 9.0, math.inf), _row("public_student", 90.0, 0.0)],
         )
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "plot_sweep.py"), str(tmp_path)], timeout=120
     )
     assert done.returncode == 0
     table = (tmp_path / "results.md").read_text()
-    assert "| dp_sgd_student | 60.00 ± 0.00 | 40.00 ± 0.00 | 30.00 ± 0.00 |" in table and "ref" not in table
+    assert "| dp_sgd_student | 60.00 ± 0.00 | 40.00 ± 0.00 | 30.00 ± 0.00 | |" in table
+    # rows without DP training (non-private: inf; public base models: 0) are references, not curves
+    assert "| ref | | | | 9.00 ± 0.00 (non-private) |" in table
+    assert "| public_student | | | | 90.00 ± 0.00 (no private data) |" in table
     assert (tmp_path / "results.png").stat().st_size > 0

@@ -23,17 +23,22 @@ def test_quick_run_produces_every_artifact(quick_run):
     assert set(rows) == {
         "teacher",
         "non_private_teacher",
+        "non_private_student",
         "distildp",
         "dp_syn_data",
         "dp_sgd_student",
         "dpkd",
         "on_policy",
         "dp_opd",
+        "public_teacher",
+        "public_student",
     }
     for name, row in rows.items():
         assert math.isfinite(row["test_perplexity"]) and row["test_perplexity"] > 1
-        if name == "non_private_teacher":
+        if name.startswith("non_private_"):
             assert row["epsilon"] == math.inf
+        elif name.startswith("public_"):  # the public base models never saw the private data
+            assert row["epsilon"] == 0.0
         else:
             assert 1.9 < row["epsilon"] <= 2.0, (name, row["epsilon"])
     for f in ("results.md", "results.png", "audit/audit.json", "audit/audit.md", "audit/teacher/roc.png"):

@@ -414,6 +414,13 @@ class DemoData:
         """The control codes of the public split (shifted categories)."""
         return {"category": [c.name for c in PUBLIC_CATEGORIES], "stars": list(STARS)}
 
+    def public_texts(self, fmt=None) -> list[str]:
+        """The public pretraining texts: each shifted-category review after its control-code prompt (`fmt`'s,
+        default the paper's format), each covered-language review (empty codes) as plain text."""
+        fmt = fmt or _default_format()
+        public = self.dataset["public"]
+        return [fmt.format_training_text(r, r["text"]) if r["category"] else r["text"] for r in public]
+
     def audit_canaries(self, fmt=None) -> list:
         """The canaries as :class:`hf_dpkd.audit.Canary` objects, prefixed with `fmt`'s prompt
         (default: the paper's format over :data:`CONTROL_FIELDS`)."""
@@ -546,6 +553,22 @@ def _canaries(seed: int) -> list[dict[str, Any]]:
     return out
 
 
+def _sample_language(seed: list[int], n: int) -> dict[str, list[str]]:
+    """`n` reviews of the PRIVATE categories as plain text: uniform categories and stars, no control codes.
+
+    What a web-scale pretraining corpus holds about a private domain: its language (words, phrasing), not
+    its records, its label frequencies or the control-code format (the empty codes say "no prompt").
+    """
+    rng = np.random.default_rng(seed)
+    cats = rng.integers(len(PRIVATE_CATEGORIES), size=n)
+    stars = rng.integers(len(STARS), size=n)
+    text_rng = random.Random(int(rng.integers(2**63)))
+    texts = [
+        make_review(text_rng, PRIVATE_CATEGORIES[k], STARS[s]) for k, s in zip(cats.tolist(), stars.tolist())
+    ]
+    return {"category": [""] * n, "stars": [""] * n, "text": texts}
+
+
 def make_demo_dataset(
     num_train: int = 4000,
     num_validation: int = 500,
@@ -553,11 +576,20 @@ def make_demo_dataset(
     num_public: int = 4000,
     seed: int = 0,
     plant_canaries: bool = True,
+    public_coverage: float = 0.0,
 ) -> DemoData:
     """Generate the demo corpus deterministically from `seed` (same seed, same rows).
 
     `num_train` counts the ordinary reviews; the canary rows (1 + 4 + 16 = 21) are added to train on top.
+    `public_coverage`: the share of the public split that covers the private domain's LANGUAGE (fresh
+    reviews of the private categories, uniform categories and stars, as plain text without control codes,
+    see :func:`_sample_language`); the rest is the shifted public categories with their codes.
     """
+    if not 0.0 <= public_coverage <= 1.0:
+        raise ValueError(
+            f"public_coverage={public_coverage!r} must be in [0, 1] (the share of public texts in the private "
+            "domain's language)."
+        )
     for name, n in (
         ("num_train", num_train),
         ("num_validation", num_validation),
@@ -570,8 +602,15 @@ def make_demo_dataset(
         "train": _sample([seed, 0], PRIVATE_CATEGORIES, num_train),
         "validation": _sample([seed, 1], PRIVATE_CATEGORIES, num_validation),
         "test": _sample([seed, 2], PRIVATE_CATEGORIES, num_test),
-        "public": _sample([seed, 3], PUBLIC_CATEGORIES, num_public),
+        "public": _sample([seed, 3], PUBLIC_CATEGORIES, num_public - round(public_coverage * num_public)),
     }
+    covered = round(public_coverage * num_public)
+    if covered:
+        language = _sample_language([seed, 5], covered)
+        public = splits["public"]
+        mixed = {k: public[k] + language[k] for k in public}
+        order = np.random.default_rng([seed, 6]).permutation(num_public)
+        splits["public"] = {k: [v[j] for j in order] for k, v in mixed.items()}
     canaries = _canaries(seed) if plant_canaries else []
     train = splits["train"]
     for canary in canaries:
