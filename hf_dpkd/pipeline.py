@@ -1373,8 +1373,10 @@ def audit_markdown(summary: dict[str, Any]) -> str:
     if levels:
         lines += [
             "",
-            f"A canary is exposed above the no-leak level when its exposure exceeds {max(levels):.2f} bits (a model "
-            "that never saw it gets 1 bit in the median). Exposed canaries: "
+            f"A canary is exposed above the no-leak level when a model that never saw it would rank its secret as "
+            f"high with probability at most 0.05 / #canaries: an exact exposure above {max(levels):.2f} bits, an "
+            "estimated one judged by the pessimistic end of its sampled fraction's interval (a model that never "
+            "saw a canary gets 1 bit in the median). Exposed canaries: "
             + ", ".join(f"{n} {m.get('canaries_exposed')}" for n, m in models.items())
             + ".",
         ]

@@ -288,7 +288,7 @@ class AuditArguments:
         default=200,
         metadata={
             "help": "Members per audit, and as many non-members matched to them from the test split (capped by "
-            "its size). Every AUC comes with its 95% interval: about +-0.055 with 200 + 200 records, +-0.025 with "
+            "its size). Every AUC comes with its 95 percent interval: about +-0.055 with 200 + 200 records, +-0.025 with "
             "the paper's 1000 + 1000."
         },
     )

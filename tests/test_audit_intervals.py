@@ -248,7 +248,7 @@ def test_demo_non_private_teacher_leaks_and_the_dp_teacher_does_not(quick_run, t
         [
             "--quick",
             "--run_dir", str(run_dir),
-            "--non_private_epochs", "8",
+            "--non_private_epochs", "16",
             "--audit_num_records", "300",
             "--audit_models", "non_private_teacher,teacher",
             "--audit_canary_candidates", "100",
