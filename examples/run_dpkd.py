@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from hf_dpkd.pipeline import Pipeline
+from hf_dpkd.pipeline import Pipeline, audit_summary_lines
 from hf_dpkd.privacy.accounting import PrivacyLedger
 from hf_dpkd.run_config import parse_run_config
 from hf_dpkd.run_dir import RunDirLockedError, RunDirMismatchError
@@ -81,10 +81,13 @@ def main(argv=None) -> int:
             )
     audit = run / "audit" / "audit.json"
     if audit.is_file():
-        data = json.loads(audit.read_text())
-        for name, model in data.get("models", {}).items():
-            aucs = ", ".join(f"{attack}={auc:.3f}" for attack, auc in model.get("auc", {}).items())
-            print(f"audit {name}: membership-inference AUC (0.5 = chance) {aucs}")
+        for line in audit_summary_lines(json.loads(audit.read_text())):
+            print(line)
+    results = run / "results.json"
+    seconds = json.loads(results.read_text()).get("stage_seconds", {}) if results.is_file() else {}
+    if seconds:
+        times = ", ".join(f"{stage} {s:.0f} s" for stage, s in seconds.items())
+        print(f"stage times ({os.cpu_count()} CPU cores): {times}; total {sum(seconds.values()):.0f} s")
     print(f"\nartifacts: {run}")
     return 0
 

@@ -351,7 +351,25 @@ class Pipeline:
                 result["seconds"] = round(time.time() - start, 1)
                 self.run.mark_done(stage, result)
                 print(f"    stage {stage} done in {result['seconds']:.1f} s", flush=True)
+            self._record_stage_seconds()
             return self.summary()
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds each finished stage took (from its marker; a resumed run keeps the times of earlier runs)."""
+        seconds = {}
+        for stage in self.config.stage_list:
+            result = self.run.stage_result(stage)
+            if result and "seconds" in result:
+                seconds[stage] = result["seconds"]
+        return seconds
+
+    def _record_stage_seconds(self) -> None:
+        """Write the per-stage seconds into results.json (the evaluate stage writes it before the audit runs)."""
+        results = self.run / "results.json"
+        if results.is_file():
+            data = json.loads(results.read_text())
+            data["stage_seconds"] = self.stage_seconds()
+            atomic_write_text(results, json.dumps(data, indent=2, default=str))
 
     #: Arguments that do not change what the stages compute (where to push, which stages to run).
     _NEUTRAL = {
@@ -1294,6 +1312,23 @@ class Pipeline:
 def _ci_text(value: float, interval: list[float], digits: int = 3) -> str:
     """A value with its interval, e.g. '0.650 [0.611, 0.688]'."""
     return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+def audit_summary_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per audited model of audit.json's summary: the verdict, then its loss-attack AUC with the 95%
+    interval next to the no-leak model's on the same records (the level to compare with, not 0.5)."""
+    lines = []
+    for name, row in summary.get("models", {}).items():
+        base = summary.get("no_leak", {}).get(row.get("no_leak_model", ""), {})
+        attack = "loss" if "loss" in row.get("auc", {}) else next(iter(row.get("auc", {})), None)
+        text = f"audit {name}: {row.get('verdict', 'no verdict')}"
+        if attack is not None and attack in base.get("auc", {}):
+            text += (
+                f"; {attack} AUC {_ci_text(row['auc'][attack], row['auc_interval'][attack])}"
+                f" vs no-leak {row['no_leak_model']} {_ci_text(base['auc'][attack], base['auc_interval'][attack])}"
+            )
+        lines.append(text)
+    return lines
 
 
 def _audit_row(membership: dict[str, dict], row: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# One calibration cache per test session, shared with the pipeline runs it starts: hermetic, still warm.
+os.environ.setdefault("HF_DPKD_CACHE", __import__("tempfile").mkdtemp(prefix="hf_dpkd_cache_"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

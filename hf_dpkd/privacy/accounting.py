@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_dpkd._io import atomic_write_text
+from hf_dpkd.privacy import calibration_cache
 
 ACCOUNTANTS = ("prv", "rdp", "gdp")
 #: Mechanism name of fixed-size uniform subsampling (``poisson_sampling=False``).
@@ -156,6 +157,30 @@ def calibrate_noise_multiplier(
         entry = (sigma, sample_rate, steps) + ((UNIFORM,) if mechanism == UNIFORM else ())
         return compute_epsilon(prior + [entry], delta, accountant)
 
+    def close_below_target(e: float) -> bool:
+        return e <= target_epsilon and target_epsilon - e <= CALIBRATION_RTOL * target_epsilon
+
+    inputs = dict(
+        target_epsilon=float(target_epsilon),
+        delta=float(delta),
+        sample_rate=float(sample_rate),
+        steps=int(steps),
+        accountant=accountant,
+        prior=[list(h) for h in prior],
+        mechanism=mechanism,
+        rtol=CALIBRATION_RTOL,
+    )
+    key = calibration_cache.calibration_key(**inputs)
+    cached = calibration_cache.lookup(key)
+    if cached is not None and close_below_target(eps(cached)):  # re-checked: the cache never decides alone
+        return cached
+    sigma = _bisect_noise_multiplier(eps, target_epsilon, sample_rate, steps)
+    calibration_cache.store(key, sigma, inputs)
+    return sigma
+
+
+def _bisect_noise_multiplier(eps, target_epsilon: float, sample_rate: float, steps: int) -> float:
+    """Smallest sigma (up to CALIBRATION_RTOL) with eps(sigma) <= target_epsilon; eps decreases in sigma."""
     lo, hi = 0.0, 1.0
     while eps(hi) > target_epsilon:
         lo, hi = hi, hi * 2
