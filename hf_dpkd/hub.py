@@ -22,6 +22,8 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, ModelCard, ModelCardData
 
 from hf_dpkd._io import atomic_write_text
+from hf_dpkd.peft_support import adapter_base as recorded_base
+from hf_dpkd.peft_support import adapter_description, is_adapter_folder, usage_snippet
 from hf_dpkd.privacy.accounting import PrivacyLedger
 
 #: Name of the marker file that flags a directory as holding raw private records (never pushed).
@@ -275,9 +277,13 @@ def write_model_card(
     dataset_name: str | None = None,
     repo_id: str | None = None,
     model_name: str | None = None,
+    adapter_base: str | None = None,
 ) -> Path:
     """Write ``output_dir/README.md``: YAML metadata (tags, base_model, model-index, the guarantee), the privacy
     statement, the method and its settings, and a plain ``transformers`` usage snippet.
+
+    A LoRA adapter folder (adapter_config.json) gets peft's usage instead: load the public base model
+    (``adapter_base``, default `base_model`, else the base the adapter records) and merge the adapter into it.
 
     ``dataset_name`` is the training data (for a student, the synthetic dataset's repo id); ``repo_id`` goes
     into the usage snippet; ``model_name`` titles the card (default: the repository's name, else the folder's).
@@ -296,6 +302,9 @@ def write_model_card(
         raise ValueError(f"method['student_data']={student_data!r} must be 'synthetic' or 'private'.")
     name = model_name or (repo_id.split("/")[-1] if repo_id else output_dir.resolve().name)
     usage_id = repo_id or _PLACEHOLDER_REPO
+    adapter = is_adapter_folder(output_dir)
+    if adapter:  # what DP-SGD trained: the card's settings table says so
+        method = {**method, "trained_parameters": adapter_description(output_dir)}
 
     tags = ["hf_dpkd", "text-generation"]
     if ledger is not None:
@@ -312,9 +321,9 @@ def write_model_card(
     if dataset_name and _HUB_MODEL_ID_RE.fullmatch(dataset_name):
         data_kwargs["datasets"] = [dataset_name]
     card_data = ModelCardData(
-        library_name="transformers",
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",
-        tags=tags,
+        tags=tags + (["lora"] if adapter else []),
         model_name=name,
         eval_results=results or None,
         **data_kwargs,
@@ -374,13 +383,26 @@ def write_model_card(
             "cover.",
             "",
         ]
-    body += [
-        "## Usage",
-        "",
-        "Loads with plain `transformers`; no `hf_dpkd` import is needed.",
-        "",
-        _usage_model(usage_id),
-    ]
+    if adapter:
+        base = adapter_base or base_model or recorded_base(output_dir) or "BASE_MODEL"
+        body += [
+            "## Usage",
+            "",
+            f"This folder is a **LoRA adapter** (peft): DP-SGD trained only the adapter; the base weights are "
+            f"the public base model `{base}`, unchanged, and are not in this folder. Load the base and merge the "
+            "adapter into it (`PeftModel.from_pretrained(base, path).merge_and_unload()`); no `hf_dpkd` import "
+            "is needed.",
+            "",
+            usage_snippet(usage_id, base),
+        ]
+    else:
+        body += [
+            "## Usage",
+            "",
+            "Loads with plain `transformers`; no `hf_dpkd` import is needed.",
+            "",
+            _usage_model(usage_id),
+        ]
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(body))
     path = output_dir / "README.md"
     atomic_write_text(path, str(card))

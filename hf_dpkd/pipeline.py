@@ -138,9 +138,15 @@ def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
 
 
 def load_model_and_tokenizer(
-    path: str | Path, argument: str = "model"
+    path: str | Path, argument: str = "model", base: str | Path | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a folder or a Hub id, with a clear error for a bad path."""
+    """Load a causal LM and its tokenizer from a folder or a Hub id, with a clear error for a bad path.
+
+    A LoRA adapter folder loads as the adapter merged into a fresh copy of `base` (the public base model it was
+    trained on; default: the base the adapter records), so every stage sees a plain model.
+    """
+    from hf_dpkd.peft_support import is_adapter_folder, load_merged
+
     path = str(path)
     if (path.startswith((".", "/")) or os.sep in path and not _looks_like_hub_id(path)) and not Path(
         path
@@ -152,6 +158,8 @@ def load_model_and_tokenizer(
     # Every use here cuts or windows its sequences to the model's length itself (training rows, perplexity
     # windows, audit scores), so the tokenizer's "longer than the maximum sequence length" notice is moot.
     tokenizer.deprecation_warnings[LONG_SEQUENCE_NOTICE] = True
+    if is_adapter_folder(path):
+        return load_merged(path, base), tokenizer
     try:
         model = AutoModelForCausalLM.from_pretrained(path)
     except ValueError as e:
@@ -628,11 +636,13 @@ class Pipeline:
         teacher_for_kd: Path | None = None,
         on_policy: bool = False,
         teacher_is_public: bool = False,
+        peft: str = "none",
     ) -> Path:
         """Train `base` on the private training split: DP-SGD (target_epsilon) or non-private (None).
 
         With `teacher_for_kd`: DPKD, or with `on_policy` DP-OPD (the student's rollouts of each record's prompt,
         scored by that teacher); the teacher's ledger is composed, or it is declared public (`teacher_is_public`).
+        With `peft="lora"` DP-SGD trains only LoRA adapters on `base` and the final folder holds the adapter.
         """
         from hf_dpkd.trainers.dp import DPConfig, DPTrainer
 
@@ -641,6 +651,10 @@ class Pipeline:
         if (final / COMPLETE).is_file():
             return final
         model, tokenizer = load_model_and_tokenizer(base)
+        if peft == "lora" and target_epsilon is not None:
+            from hf_dpkd.peft_support import add_lora
+
+            model = add_lora(model, c.teacher.lora_settings())
         # DP-OPD's prompts are each record's control codes (masked: labels -100) plus the start of its text
         train = _tokenize_for_lm(
             self.data()["train"], tokenizer, self.fmt(), c.data.max_length, mask_prompt=on_policy
@@ -686,7 +700,7 @@ class Pipeline:
         else:
             from hf_dpkd.trainers.distillation import DistillationConfig, DistillationTrainer
 
-            teacher, _ = load_model_and_tokenizer(teacher_for_kd)
+            teacher, _ = load_model_and_tokenizer(teacher_for_kd, base=self.base_path("teacher"))
             s = c.student
             loss: dict[str, Any] = dict(
                 alpha_ce=1 - s.kd_lambda,
@@ -753,6 +767,7 @@ class Pipeline:
             target_epsilon=c.pipeline.target_epsilon,
             prior_ledger=self.run / "histogram",
             release_name="teacher_dp_sgd",
+            peft=c.teacher.teacher_peft,
         )
         return PrivacyLedger.load(final).epsilon()
 
@@ -772,7 +787,7 @@ class Pipeline:
                 "num_samples": len(load_synthetic_dataset(self.synthetic_dir())),
             }
         teacher_dir = self.teacher_dir()
-        model, tokenizer = load_model_and_tokenizer(teacher_dir)
+        model, tokenizer = load_model_and_tokenizer(teacher_dir, base=self.base_path("teacher"))
         gen = SyntheticGenerationConfig(
             top_k=g.top_k,
             top_p=g.top_p,
@@ -907,7 +922,7 @@ class Pipeline:
                 data_collator=_lm_collator(tokenizer),
             )
         else:
-            teacher, _ = load_model_and_tokenizer(self.teacher_dir())
+            teacher, _ = load_model_and_tokenizer(self.teacher_dir(), base=self.base_path("teacher"))
             extra = {}
             if method == "on_policy":
                 extra = {
@@ -962,6 +977,7 @@ class Pipeline:
                     learning_rate=c.teacher.teacher_learning_rate,
                     target_epsilon=eps,
                     release_name="student_dp_sgd",
+                    peft=c.teacher.student_peft,
                 )
             elif method == "non_private_student":  # the student's level without DP (a reference, epsilon inf)
                 final = self._train_private(
@@ -983,6 +999,7 @@ class Pipeline:
                     teacher_for_kd=self.base_path("teacher"),
                     on_policy=True,
                     teacher_is_public=True,
+                    peft=c.teacher.student_peft,
                 )
             else:  # dpkd, dp_opd: teacher at eps/2, then the student with DP-SGD, composed to eps
                 half_teacher = self._half_budget_teacher()
@@ -996,6 +1013,7 @@ class Pipeline:
                     release_name=f"{method}_student_dp_sgd",
                     teacher_for_kd=half_teacher,
                     on_policy=method == "dp_opd",
+                    peft=c.teacher.student_peft,
                 )
             result[method] = str(final)
         return result
@@ -1010,6 +1028,7 @@ class Pipeline:
             learning_rate=c.teacher.teacher_learning_rate,
             target_epsilon=c.pipeline.target_epsilon / 2,
             release_name="dpkd_teacher_dp_sgd",
+            peft=c.teacher.teacher_peft,
         )
 
     # -- stage: evaluate --------------------------------------------------------------------------
@@ -1035,7 +1054,7 @@ class Pipeline:
         public = {f"public_{w}": self.base_path(w) for w in ("teacher", "student")}
         models.update({k: v for k, v in public.items() if (v / "config.json").is_file()})
         for name, path in models.items():
-            model, tokenizer = load_model_and_tokenizer(path)
+            model, tokenizer = load_model_and_tokenizer(path, base=self._base_of(name))
             ppl = perplexity(model, tokenizer, test_texts, window=min(128, c.data.max_length))
             ledger = None if name in public else self.ledger_for(path)
             eps = ledger.epsilon() if ledger and ledger.releases else (0.0 if name in public else math.inf)
@@ -1134,7 +1153,7 @@ class Pipeline:
             if name not in dirs:
                 continue
             print(f"    audit: {name}", flush=True)
-            model, tokenizer = load_model_and_tokenizer(dirs[name])
+            model, tokenizer = load_model_and_tokenizer(dirs[name], base=self._base_of(name))
             same_vocab = (
                 reference.get_input_embeddings().weight.shape[0]
                 == model.get_input_embeddings().weight.shape[0]
@@ -1211,6 +1230,10 @@ class Pipeline:
         atomic_write_text(self.run / "audit" / "audit.md", audit_markdown(summary))
         return {"models": list(summary["models"])}
 
+    def _base_of(self, name: str) -> Path:
+        """The public base model of the model folder `name` (what a LoRA adapter of it is merged into)."""
+        return self.base_path("student" if name in STUDENT_METHODS or name == "public_student" else "teacher")
+
     def _epsilon_of(self, path: Path) -> float:
         ledger = self.ledger_for(path)
         return ledger.epsilon() if ledger and ledger.releases else math.inf
@@ -1268,6 +1291,7 @@ class Pipeline:
             method=method,
             eval_results={"perplexity": ppl[which]} if which in ppl else None,
             repo_id=repo_id,
+            adapter_base=str(self.base_path("teacher" if teacher else "student")),
             model_name=None if repo_id else f"{self.run.path.resolve().name}-{which}",  # not "final"
         )
 

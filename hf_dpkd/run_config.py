@@ -184,6 +184,44 @@ class TeacherArguments:
             "help": "DP-SGD clipping mode (see DPConfig): auto = bookkeeping where supported (fastest)."
         },
     )
+    teacher_peft: str = field(
+        default="none",
+        metadata={
+            "help": "none (full DP-SGD fine-tuning) or lora: the DP teachers (teacher, and the DPKD / DP-OPD "
+            "teacher) train only LoRA adapters with DP-SGD; generation and distillation use the adapter merged "
+            "into the public base teacher, and teacher/final holds the adapter with its privacy card.",
+            "choices": ["none", "lora"],
+        },
+    )
+    student_peft: str = field(
+        default="none",
+        metadata={
+            "help": "none or lora: the same for the students trained with DP-SGD on the private data "
+            "(dp_sgd_student, dpkd, dp_opd). Non-private references and synthetic-data students stay full.",
+            "choices": ["none", "lora"],
+        },
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (--teacher_peft/--student_peft lora)."})
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA alpha: the update is scaled by alpha / r."}
+    )
+    lora_target_modules: str = field(
+        default="c_attn,c_proj,c_fc",
+        metadata={
+            "help": "Comma-separated names of the Linear/Conv1D layers that get adapters (default: GPT-2's "
+            "attention and MLP projections, the demo's models; e.g. q_proj,k_proj,v_proj,o_proj for Llama)."
+        },
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input."})
+
+    def lora_settings(self):
+        """The LoRA settings of --lora_* (checked: every error names the flag)."""
+        from hf_dpkd.peft_support import LoraSettings
+
+        targets = tuple(t.strip() for t in self.lora_target_modules.split(",") if t.strip())
+        return LoraSettings(
+            r=self.lora_r, alpha=self.lora_alpha, target_modules=targets, dropout=self.lora_dropout
+        )
 
 
 @dataclass
@@ -593,6 +631,10 @@ def validate_run_config(config: RunConfig) -> None:
     t = config.teacher
     if not t.per_sample_max_grad_norm > 0:
         raise ValueError(f"--per_sample_max_grad_norm {t.per_sample_max_grad_norm}: must be > 0 (e.g. 1.0).")
+    for name in ("teacher_peft", "student_peft"):
+        if getattr(t, name) not in ("none", "lora"):
+            raise ValueError(f"--{name} {getattr(t, name)!r}: choose none (full fine-tuning) or lora.")
+    t.lora_settings()
     for name in (
         "teacher_epochs",
         "student_epochs",

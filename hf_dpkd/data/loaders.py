@@ -279,6 +279,25 @@ def _load_hub(name: str, spec: KnownDataset, hub_kwargs: dict[str, Any]) -> Data
     return ds.map(lambda b: {"category": [label.int2str(i) for i in b["label"]]}, batched=True)
 
 
+def _joined_prompt_completion(ds: DatasetDict) -> DatasetDict:
+    """trl's prompt/completion rows as one ``text`` each (prompt + completion, joined as trl joins them).
+
+    The pipeline's teacher learns whole records from their control codes and generates whole synthetic records:
+    the private prompts cannot be given to the generator, so they are part of the text the teacher learns (the
+    completion-only loss of this format applies to DPTrainer, which trains on given prompts).
+    """
+    return DatasetDict(
+        {
+            k: v.map(
+                lambda b: {"text": [str(p) + str(c) for p, c in zip(b["prompt"], b["completion"])]},
+                batched=True,
+                remove_columns=["prompt", "completion"],
+            )
+            for k, v in ds.items()
+        }
+    )
+
+
 def _strip_label_prefix(ds: DatasetDict, column: str) -> str | None:
     """If every value of `column` is "<Label>: value" with one shared Label, strip it and return Label."""
     prefixes = set()
@@ -346,10 +365,14 @@ def load_private_dataset(
         ds = _load_local(path)
         columns = ds["train"].column_names
         if text_column is None:
+            if "text" not in columns and {"prompt", "completion"} <= set(columns):
+                ds = _joined_prompt_completion(ds)
+                columns = ds["train"].column_names
             if "text" not in columns:
                 raise ValueError(
-                    f"dataset={name_or_path!r} has no 'text' column (columns: {columns}); pass text_column "
-                    "(--text_column) naming the column that holds the text."
+                    f"dataset={name_or_path!r} has no 'text' column (columns: {columns}), nor 'prompt' and "
+                    "'completion' columns (trl's format); pass text_column (--text_column) naming the column that "
+                    "holds the text."
                 )
             text_column = "text"
         if control_columns is None:

@@ -186,6 +186,13 @@ class DPConfig(TrainingArguments):
             "release the ledger does not cover: off by default under DP (epsilon is logged instead)."
         },
     )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Token limit of a train/eval dataset given as text ('text', or 'prompt' and 'completion' "
+            "columns, trl's formats) that DPTrainer tokenizes itself. Default: the tokenizer's, at most 1024."
+        },
+    )
     max_grad_norm: float = field(
         default=0.0,
         metadata={
@@ -409,6 +416,47 @@ class _EmptySafeCollator:
         return {k: (v[:0] if isinstance(v, torch.Tensor) else v) for k, v in self._template.items()}
 
 
+def _with_trl_formats(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The Trainer's arguments by name, with a train / eval dataset in one of trl's formats ('text', or 'prompt' and
+    'completion': completion-only loss) tokenized by the processing_class, and a label-padding collator when none
+    was given. Without a collator, a dataset in none of the formats is refused with its columns named."""
+    from datasets import Dataset
+
+    from hf_dpkd.data.formats import PaddingCollator, dataset_format, tokenize_lm_dataset
+
+    names = list(inspect.signature(Trainer.__init__).parameters)[1:]
+    kwargs = {**dict(zip(names, args)), **kwargs}
+    tokenizer, collator = kwargs.get("processing_class"), kwargs.get("data_collator")
+    formatted = False
+    for key in ("train_dataset", "eval_dataset"):
+        given = kwargs.get(key)
+        parts = dict(given) if isinstance(given, dict) else {None: given}
+        for name, dataset in parts.items():
+            if not isinstance(dataset, Dataset) or "input_ids" in dataset.column_names:
+                continue  # tokenized, or not a map-style datasets.Dataset: the caller's rows
+            columns = dataset.column_names
+            argument = key if name is None else f"{key}[{name!r}]"
+            try:
+                dataset_format(columns, argument)
+            except ValueError:
+                if collator is not None:
+                    continue  # the caller's collator knows its own rows
+                raise
+            if tokenizer is None:
+                raise ValueError(
+                    f"{argument} holds raw text (columns {columns}); pass processing_class=<tokenizer> so DPTrainer "
+                    "can tokenize it."
+                )
+            parts[name] = tokenize_lm_dataset(
+                dataset, tokenizer, getattr(kwargs.get("args"), "max_length", None), argument
+            )
+            formatted = True
+        kwargs[key] = parts if isinstance(given, dict) else parts[None]
+    if formatted and collator is None:
+        kwargs["data_collator"] = PaddingCollator(tokenizer)
+    return kwargs
+
+
 class _PrivacyCallback(TrainerCallback):
     """Keeps the sampler's epoch, stops before the budget would be exceeded, writes the ledger at train end."""
 
@@ -441,11 +489,13 @@ class DPTrainer(Trainer):
     """`transformers.Trainer` with DP-SGD. Without privacy settings (DistillationConfig) it is a plain Trainer.
 
     Extra keyword: `privacy_ledger` (a PrivacyLedger of earlier releases on the same data); otherwise
-    `args.privacy_ledger_path` is read, or a fresh ledger is started.
+    `args.privacy_ledger_path` is read, or a fresh ledger is started. Datasets may be tokenized rows or in
+    trl's formats (a `text` column, or `prompt` / `completion`: completion-only loss), tokenized here by
+    `processing_class`. A peft model (LoRA) trains its adapters only and saves them as an adapter folder.
     """
 
     def __init__(self, *args, privacy_ledger: PrivacyLedger | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(**_with_trl_formats(args, kwargs))
         self._card_base_model: str | None = None
         self._dp_sampler: PoissonBatchSampler | None = None
         self._dp_optimizer: DPSGDOptimizer | None = None
