@@ -28,13 +28,15 @@ from distildp_diagnosis import validation_perplexities  # noqa: E402
 
 #: setting -> command-line overrides of the demo, one factor at a time against the demo's defaults.
 SETTINGS: dict[str, list[str]] = {
-    "coverage_0": [],
+    # The demo's default coverage is 0.1 (settings that name no coverage run at 0.1).
+    "coverage_0": ["--demo_public_coverage", "0"],
     "coverage_0.1": ["--demo_public_coverage", "0.1"],
     "coverage_0.2": ["--demo_public_coverage", "0.2"],
     "coverage_0.5": ["--demo_public_coverage", "0.5"],
     "coverage_1": ["--demo_public_coverage", "1.0"],
     "n_10000": ["--demo_num_train", "10000"],
     "coverage_0.5_n_10000": ["--demo_public_coverage", "0.5", "--demo_num_train", "10000"],
+    "pretrain_600": ["--pretrain_steps", "600"],
     "coverage_0.5_pretrain_600": ["--demo_public_coverage", "0.5", "--pretrain_steps", "600"],
 }
 MODELS = ("base_teacher", "base_student", "teacher", "distildp", "dp_syn_data", "dp_sgd_student")

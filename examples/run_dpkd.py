@@ -16,6 +16,7 @@ import json
 import os
 import sys
 
+from hf_dpkd.hub import DEFAULT_PRIVACY_UNIT
 from hf_dpkd.pipeline import Pipeline, audit_summary_lines
 from hf_dpkd.privacy.accounting import PrivacyLedger
 from hf_dpkd.run_config import parse_run_config
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
         print(
             f"DistilDP total guarantee (ledger of {teacher}): epsilon={ledger.epsilon():.4f}, delta={ledger.delta:.3g}"
         )
+        print(f"  privacy unit: {ledger.privacy_unit or DEFAULT_PRIVACY_UNIT}")
         for r in ledger.releases:
             print(
                 f"  - {r.name}: {r.mechanism}, noise_multiplier={r.noise_multiplier:.4g}, "

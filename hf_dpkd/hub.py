@@ -31,6 +31,8 @@ PRIVATE_DATA_MARKER = ".hf_dpkd_private"
 #: The YAML metadata key of the cards that carries the machine-readable guarantee.
 CARD_PRIVACY_KEY = "differential_privacy"
 REPO_TYPES = ("model", "dataset")
+#: What one protected record is when nothing says otherwise (row-level DP).
+DEFAULT_PRIVACY_UNIT = "one training example (one text)"
 #: teacher/student: the DistilDP pipeline's models; dp_finetune: any model DPTrainer fine-tuned (a user's script).
 MODEL_KINDS = ("teacher", "student", "dp_finetune")
 
@@ -86,9 +88,7 @@ def privacy_metadata(ledger: PrivacyLedger | None, *, privacy_unit: str) -> dict
     }
 
 
-def privacy_statement(
-    ledger: PrivacyLedger | None, *, privacy_unit: str = "one training example (one text)"
-) -> str:
+def privacy_statement(ledger: PrivacyLedger | None, *, privacy_unit: str = DEFAULT_PRIVACY_UNIT) -> str:
     """Markdown stating the (epsilon, delta) guarantee of `ledger`, its releases, and what it does not cover.
 
     Epsilon is recomputed by ``ledger.epsilon()`` from the recorded (noise, rate, steps), never copied
@@ -327,7 +327,7 @@ def write_model_card(
         model_name=name,
         eval_results=results or None,
         **data_kwargs,
-        **{CARD_PRIVACY_KEY: privacy_metadata(ledger, privacy_unit=_privacy_unit(method))},
+        **{CARD_PRIVACY_KEY: privacy_metadata(ledger, privacy_unit=_privacy_unit(method, ledger))},
     )
 
     method_name = method.get("name", "DistilDP")
@@ -367,7 +367,7 @@ def write_model_card(
         body += [f"Initialised from `{base_model}`.", ""]
     if dataset_name:
         body += [f"Training data: `{dataset_name}`.", ""]
-    body += [privacy_statement(ledger, privacy_unit=_privacy_unit(method)), "## Method", ""]
+    body += [privacy_statement(ledger, privacy_unit=_privacy_unit(method, ledger)), "## Method", ""]
     body += [f"**{method_name}** ({kind}).", ""] + _settings_table(
         {k: v for k, v in method.items() if k != "name"}
     )
@@ -409,8 +409,10 @@ def write_model_card(
     return path
 
 
-def _privacy_unit(method: dict[str, Any]) -> str:
-    return str(method.get("privacy_unit") or "one training example (one text)")
+def _privacy_unit(method: dict[str, Any], ledger: PrivacyLedger | None = None) -> str:
+    """The method's unit, else the one every release of the ledger names (user-level runs), else one row."""
+    unit = method.get("privacy_unit") or (ledger.privacy_unit if ledger is not None else None)
+    return str(unit or DEFAULT_PRIVACY_UNIT)
 
 
 def _size_category(n: int) -> str:
@@ -447,7 +449,7 @@ def write_dataset_card(
     num_samples: int,
     control_fields: list[str],
     repo_id: str | None = None,
-    privacy_unit: str = "one training example (one text)",
+    privacy_unit: str | None = None,
     quality: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``output_dir/README.md`` for a synthetic dataset sampled from the DP teacher `source_model`.
@@ -473,6 +475,7 @@ def write_dataset_card(
             "ledger before writing the card, or pass the mode that was actually used."
         )
     output_dir = Path(output_dir)
+    privacy_unit = _privacy_unit({"privacy_unit": privacy_unit}, ledger)
     leaky = control_code_mode in ("private", "exact")
     mode_text = _CONTROL_CODE_MODES.get(control_code_mode, f"chosen by mode `{control_code_mode}`")
     if leaky:

@@ -38,7 +38,9 @@ from transformers import (
 )
 
 from hf_dpkd._io import atomic_write_text
+from hf_dpkd.hub import DEFAULT_PRIVACY_UNIT
 from hf_dpkd.privacy.accounting import PrivacyLedger, default_delta
+from hf_dpkd.privacy.units import unit_name
 from hf_dpkd.run_config import RunConfig
 from hf_dpkd.run_dir import RunDir, RunDirMismatchError
 
@@ -188,10 +190,13 @@ def _looks_like_hub_id(path: str) -> bool:
     return path.count("/") == 1 and not Path(path).exists()
 
 
-def _tokenize_for_lm(dataset: Dataset, tokenizer, fmt, max_length: int, mask_prompt: bool = False) -> Dataset:
+def _tokenize_for_lm(
+    dataset: Dataset, tokenizer, fmt, max_length: int, mask_prompt: bool = False, keep: str | None = None
+) -> Dataset:
     """Format each record as control-code prompt + text + eos and tokenize (truncated to `max_length`).
 
-    With `mask_prompt` the prompt tokens get label -100 (students learn the text given the codes).
+    With `mask_prompt` the prompt tokens get label -100 (students learn the text given the codes). `keep`:
+    a column carried over as is (the privacy unit column of user-level DP-SGD).
     Truncated records are counted and reported: a large share means --max_length is too small.
     """
     eos = tokenizer.eos_token or ""
@@ -214,7 +219,8 @@ def _tokenize_for_lm(dataset: Dataset, tokenizer, fmt, max_length: int, mask_pro
             out[TRUNCATED].append(len(full) > max_length)
         return out
 
-    encoded = dataset.map(encode, batched=True, remove_columns=columns, desc="tokenizing")
+    removed = [c for c in columns if c != keep]
+    encoded = dataset.map(encode, batched=True, remove_columns=removed, desc="tokenizing")
     truncated = int(sum(encoded[TRUNCATED]))
     if truncated and (truncated, len(encoded), max_length) not in _TRUNCATION_REPORTED:
         _TRUNCATION_REPORTED.add((truncated, len(encoded), max_length))  # once per process, not per training
@@ -271,8 +277,19 @@ class Pipeline:
         return json.loads((self.run / "data" / "info.json").read_text())
 
     def delta(self) -> float:
-        n = len(self.data()["train"])
-        return self.config.pipeline.target_delta or default_delta(n)
+        """--target_delta, else the default for N privacy units (rows, or users with --privacy_unit_column)."""
+        return self.config.pipeline.target_delta or default_delta(self.num_privacy_units())
+
+    def num_privacy_units(self) -> int:
+        train, column = self.data()["train"], self.config.data.privacy_unit_column
+        if column is None:
+            return len(train)
+        if column not in train.column_names:
+            raise ValueError(
+                f"--privacy_unit_column {column!r} is not a column of the private training data (it has "
+                f"{train.column_names}); name the column identifying each row's user (demo: user_id)."
+            )
+        return len(set(train[column]))
 
     def base_path(self, which: str) -> Path:
         return self.run / "base" / which
@@ -457,7 +474,10 @@ class Pipeline:
 
             controls = c.data.control_columns.split(",") if c.data.control_columns else None
             private, control_fields = load_private_dataset(
-                c.data.dataset, text_column=c.data.text_column, control_columns=controls
+                c.data.dataset,
+                text_column=c.data.text_column,
+                control_columns=controls,
+                unit_column=c.data.privacy_unit_column,
             )
             info["control_fields"] = [list(x) for x in control_fields]
             # the loader's public domain of the datasets it knows, and --control_domain (never the records)
@@ -511,6 +531,7 @@ class Pipeline:
                 ledger,
                 domain=domain,
                 seed=None,  # fresh noise: a seed from the recipe would make the released noise removable
+                privacy_unit_column=c.data.privacy_unit_column,
             )
         elif mode == "uniform":
             dist = histogram.uniform_distribution(self.fmt(), domain)  # free over a public domain
@@ -657,7 +678,12 @@ class Pipeline:
             model = add_lora(model, c.teacher.lora_settings())
         # DP-OPD's prompts are each record's control codes (masked: labels -100) plus the start of its text
         train = _tokenize_for_lm(
-            self.data()["train"], tokenizer, self.fmt(), c.data.max_length, mask_prompt=on_policy
+            self.data()["train"],
+            tokenizer,
+            self.fmt(),
+            c.data.max_length,
+            mask_prompt=on_policy,
+            keep=c.data.privacy_unit_column if target_epsilon is not None else None,
         )
         common = _training_args(
             output,
@@ -686,6 +712,8 @@ class Pipeline:
                 per_sample_max_grad_norm=c.teacher.per_sample_max_grad_norm,
                 max_physical_batch_size=c.teacher.max_physical_batch_size,
                 clipping_mode=c.teacher.clipping_mode,
+                privacy_unit_column=c.data.privacy_unit_column,
+                max_rows_per_unit=c.data.max_rows_per_unit,
                 privacy_ledger_path=str(prior_ledger) if prior_ledger else None,
                 privacy_release_name=release_name,
                 dp_seed=self.dp_seed(release_name),
@@ -723,6 +751,8 @@ class Pipeline:
                 per_sample_max_grad_norm=c.teacher.per_sample_max_grad_norm,
                 max_physical_batch_size=c.teacher.max_physical_batch_size,
                 clipping_mode=c.teacher.clipping_mode,
+                privacy_unit_column=c.data.privacy_unit_column,
+                max_rows_per_unit=c.data.max_rows_per_unit,
                 privacy_ledger_path=str(prior_ledger) if prior_ledger else None,
                 privacy_release_name=release_name,
                 dp_seed=self.dp_seed(release_name),
@@ -1065,13 +1095,22 @@ class Pipeline:
                     "epsilon": eps,
                     "epsilon_is_upper_bound": not (ledger and ledger.approximate),
                     "delta": ledger.delta if ledger else None,
+                    "privacy_unit": (ledger.privacy_unit or DEFAULT_PRIVACY_UNIT) if ledger else None,
                     "test_perplexity": ppl["perplexity"],
                     "token_weighted_perplexity": ppl["token_weighted_perplexity"],
                     "num_parameters": sum(p.numel() for p in model.parameters()),
                     "path": str(path),
                 }
             )
-        results = {"rows": rows, "config": c.to_dict(), "delta": self.delta()}
+        results = {
+            "rows": rows,
+            "config": c.to_dict(),
+            "delta": self.delta(),
+            "privacy_unit": unit_name(c.data.privacy_unit_column)
+            if c.data.privacy_unit_column
+            else DEFAULT_PRIVACY_UNIT,
+            "num_privacy_units": self.num_privacy_units(),
+        }
         atomic_write_text(self.run / "results.json", json.dumps(results, indent=2, default=str))
         atomic_write_text(self.run / "results.md", results_markdown(rows))
         plot_results(rows, self.run / "results.png")

@@ -108,6 +108,22 @@ class DataArguments:
             "the values are read off the private data and the run's epsilon is infinite (NOT private)."
         },
     )
+    privacy_unit_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "User-level DP: the private data's column naming whom each row belongs to (the demo has "
+            "'user_id'). Every DP release then protects one user: the control-code histogram counts each user's "
+            "k rows with weight 1/k, DP-SGD samples users, clips the sum of a user's row gradients and accounts "
+            "with the number of users. Default: one row (a user with k rows is protected at about k * epsilon)."
+        },
+    )
+    max_rows_per_unit: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --privacy_unit_column: at most this many of a sampled user's rows per DP-SGD step, drawn "
+            "at random (bounds memory and a prolific user's weight). Default: all of them."
+        },
+    )
     demo_num_train: int = field(default=3000, metadata={"help": "Embedded demo: private training examples."})
     demo_num_public: int = field(default=4000, metadata={"help": "Embedded demo: public pretraining texts."})
     # 0.1: public pretraining covers the private domain's language, as GPT-2's WebText covers Yelp's, and the
@@ -617,6 +633,16 @@ def validate_run_config(config: RunConfig) -> None:
         )
     if d.control_domain is not None:
         parse_control_domain(d.control_domain)
+    if d.privacy_unit_column is not None and not d.privacy_unit_column.strip():
+        raise ValueError("--privacy_unit_column '': give the column naming each row's user (demo: user_id).")
+    if d.max_rows_per_unit is not None:
+        if d.privacy_unit_column is None:
+            raise ValueError(
+                f"--max_rows_per_unit {d.max_rows_per_unit} caps a user's rows per step; it needs "
+                "--privacy_unit_column (demo: user_id)."
+            )
+        if d.max_rows_per_unit < 1:
+            raise ValueError(f"--max_rows_per_unit {d.max_rows_per_unit}: must be >= 1.")
     if not d.histogram_noise_multiplier > 0:
         raise ValueError(f"--histogram_noise_multiplier {d.histogram_noise_multiplier}: must be > 0.")
     if d.max_length < 8:

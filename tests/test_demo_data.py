@@ -54,7 +54,7 @@ def test_sizes_columns_and_codes(demo):
     public = {c.name for c in PUBLIC_CATEGORIES}
     assert len(private) == 10 and not private & public
     for split, v in ds.items():
-        assert v.column_names == ["category", "stars", "text"]
+        assert v.column_names == ["category", "stars", "text"] + ([] if split == "public" else ["user_id"])
         assert set(v["stars"]) == set(STARS)
         assert set(v["category"]) == (public if split == "public" else private)
     assert demo.control_fields == CONTROL_FIELDS == {"category": "Business Category", "stars": "Review Stars"}
@@ -227,3 +227,17 @@ def test_build_demo_models_caches_and_rebuilds(demo, tmp_path):
 
     build_demo_models(tmp_path, tok, public, **{**kwargs, "pretrain_steps": 3})  # other settings: redone
     assert json.loads((paths["teacher"] / COMPLETE).read_text())["settings"]["pretrain_steps"] == 3
+
+
+def test_users_write_one_to_forty_reviews_and_each_canary_has_its_own(demo):
+    """The user column of user-level DP: skewed activity, disjoint users per split, one user per canary."""
+    train = demo.dataset["train"]
+    per_user = Counter(train["user_id"])
+    sizes = sorted(per_user.values())
+    assert sizes[0] == 1 and sizes[-1] <= 40 and sizes[-1] >= 10  # a few prolific users
+    assert len(per_user) < len(train) / 2  # on average several rows per user
+    for i, canary in enumerate(demo.canaries):
+        rows = [r for r in train if r["user_id"] == f"train-canary-{i}"]
+        assert len(rows) == canary["repeats"] and {r["text"] for r in rows} == {canary["text"]}
+    users = {s: set(demo.dataset[s]["user_id"]) for s in ("train", "validation", "test")}
+    assert not users["train"] & users["test"] and not users["train"] & users["validation"]

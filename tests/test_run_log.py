@@ -137,6 +137,7 @@ def test_quick_run_console_is_a_run_log(quick_run):
     assert re.search(
         r"^DistilDP total guarantee \(ledger of .*\): epsilon=\d\.\d{4}, delta=", proc.stdout, re.M
     )
+    assert re.search(r"^  privacy unit: one training example \(one text\)$", proc.stdout, re.MULTILINE)
     assert re.search(
         r"^  - teacher_dp_sgd: subsampled_gaussian, noise_multiplier=", proc.stdout, re.MULTILINE
     )

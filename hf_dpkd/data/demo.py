@@ -569,6 +569,23 @@ def _sample_language(seed: list[int], n: int) -> dict[str, list[str]]:
     return {"category": [""] * n, "stars": [""] * n, "text": texts}
 
 
+#: Zipf exponent and cap of the number of reviews per demo user: most users write one or two, a few write dozens.
+USER_ZIPF_A, USER_MAX_ROWS = 2.0, 40
+
+
+def _assign_users(seed: list[int], n: int, prefix: str) -> list[str]:
+    """A user id for each of `n` rows in random order: user sizes Zipf(2) capped at 40 (mean about 2.6 rows).
+
+    Its own random stream: the users do not change a single review of the corpus."""
+    rng = np.random.default_rng(seed)
+    sizes: list[int] = []
+    while sum(sizes) < n:
+        sizes.append(int(min(rng.zipf(USER_ZIPF_A), USER_MAX_ROWS)))
+    sizes[-1] -= sum(sizes) - n
+    owners = np.repeat(np.arange(len(sizes)), sizes)
+    return [f"{prefix}-user-{u:05d}" for u in rng.permutation(owners).tolist()]
+
+
 def make_demo_dataset(
     num_train: int = 4000,
     num_validation: int = 500,
@@ -581,6 +598,9 @@ def make_demo_dataset(
     """Generate the demo corpus deterministically from `seed` (same seed, same rows).
 
     `num_train` counts the ordinary reviews; the canary rows (1 + 4 + 16 = 21) are added to train on top.
+    Every private split has a ``user_id`` column (for user-level DP, ``privacy_unit_column="user_id"``):
+    users write 1 to 40 reviews each (Zipf), and each canary is planted by one user of its own across all
+    its repeats, so at user level the 16-times canary is one protected unit.
     `public_coverage`: the share of the public split that covers the private domain's LANGUAGE (fresh
     reviews of the private categories, uniform categories and stars, as plain text without control codes,
     see :func:`_sample_language`); the rest is the shifted public categories with their codes.
@@ -611,13 +631,16 @@ def make_demo_dataset(
         mixed = {k: public[k] + language[k] for k in public}
         order = np.random.default_rng([seed, 6]).permutation(num_public)
         splits["public"] = {k: [v[j] for j in order] for k, v in mixed.items()}
+    for k, split in enumerate(("train", "validation", "test")):
+        splits[split]["user_id"] = _assign_users([seed, 7, k], len(splits[split]["text"]), split)
     canaries = _canaries(seed) if plant_canaries else []
     train = splits["train"]
-    for canary in canaries:
+    for i, canary in enumerate(canaries):
         for _ in range(canary["repeats"]):
             train["category"].append(canary["category"])
             train["stars"].append(canary["stars"])
             train["text"].append(canary["text"])
+            train["user_id"].append(f"train-canary-{i}")
     order = np.random.default_rng([seed, 4]).permutation(len(train["text"]))
     splits["train"] = {k: [v[j] for j in order] for k, v in train.items()}
     dataset = DatasetDict({k: Dataset.from_dict(v) for k, v in splits.items()})

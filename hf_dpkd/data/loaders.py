@@ -338,6 +338,7 @@ def load_private_dataset(
     seed: int = 0,
     test_size: int = 5000,
     hub_kwargs: dict[str, Any] | None = None,
+    unit_column: str | None = None,
 ) -> tuple[DatasetDict, list[tuple[str, str]]]:
     """Load a private dataset as (DatasetDict of control columns + ``text``, [(control column, label)]).
 
@@ -345,7 +346,8 @@ def load_private_dataset(
     values become strings. Without a test split, ``min(test_size, 10%)`` of train is held out (seeded);
     `split` keeps only that split. `control_labels` name the fields in prompts (default: the column
     title-cased, or the "<Label>: " prefix shared by a column's values). `hub_kwargs` go to
-    ``datasets.load_dataset`` (``sections=[...]`` picks Big Patent sections).
+    ``datasets.load_dataset`` (``sections=[...]`` picks Big Patent sections). `unit_column` (user-level DP)
+    is kept next to them, as strings: the column naming each row's user.
     """
     name = ALIASES.get(name_or_path, name_or_path)
     if name in KNOWN_DATASETS:
@@ -395,7 +397,8 @@ def load_private_dataset(
         ds = DatasetDict({split: ds[split]})
     first = next(iter(ds.values()))
     columns = first.column_names
-    missing = [c for c in [text_column, *control_columns] if c not in columns]
+    units = [unit_column] if unit_column else []
+    missing = [c for c in [text_column, *control_columns, *units] if c not in columns]
     if missing:
         raise ValueError(
             f"dataset={name_or_path!r} lacks column(s) {missing}; its columns are {columns}. Pass "
@@ -407,7 +410,9 @@ def load_private_dataset(
         raise ValueError(
             f"dataset={name_or_path!r} is empty (splits: { {k: len(v) for k, v in ds.items()} })."
         )
-    keep = [*control_columns, text_column]
+    if unit_column in (text_column, *control_columns):
+        raise ValueError(f"unit_column={unit_column!r} must not be the text or a control-code column.")
+    keep = [*control_columns, text_column, *units]
     ds = DatasetDict({k: v.select_columns(keep) for k, v in ds.items()})
     for k, v in ds.items():
         for column in keep:
@@ -423,12 +428,19 @@ def load_private_dataset(
         lambda b: {
             **{tmp[c]: [str(x).strip() for x in b[c]] for c in control_columns},
             "__text": [str(x) for x in b[text_column]],
+            **({"__unit": [str(x).strip() for x in b[unit_column]]} if unit_column else {}),
         },
         batched=True,
         remove_columns=keep,
     )
-    ds = ds.rename_columns({**{v: k for k, v in tmp.items()}, "__text": "text"})
-    ds = DatasetDict({k: v.select_columns([*control_columns, "text"]) for k, v in ds.items()})
+    ds = ds.rename_columns(
+        {
+            **{v: k for k, v in tmp.items()},
+            "__text": "text",
+            **({"__unit": unit_column} if unit_column else {}),
+        }
+    )
+    ds = DatasetDict({k: v.select_columns([*control_columns, "text", *units]) for k, v in ds.items()})
     labels = []
     for i, c in enumerate(control_columns):
         prefix = _strip_label_prefix(ds, c)  # "Review Stars: 5.0" -> "5.0" (a ": " would break prompts)

@@ -313,6 +313,17 @@ class PrivacyLedger:
         return [r.history_entry() for r in self.releases if r.is_private or not private_only]
 
     @property
+    def privacy_unit(self) -> str | None:
+        """The unit every private release protects when they all name the same one (e.g. "one user, identified
+        by column user_id"); None otherwise: then the composition protects one row (a user-level release also
+        protects each row, not the other way round)."""
+        units = {r.meta.get("privacy_unit") for r in self.releases if r.is_private}
+        if len(units) == 1:
+            (unit,) = units
+            return unit
+        return None
+
+    @property
     def approximate(self) -> bool:
         """True when epsilon is an approximation rather than an upper bound (the GDP accountant's CLT)."""
         return self.accountant == "gdp"

@@ -31,6 +31,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from hf_dpkd.privacy.grad_samplers import rms_norm_classes
+from hf_dpkd.privacy.units import UnitLayout
 
 FAST_MODES = ("bookkeeping", "ghost")
 
@@ -138,6 +139,19 @@ def _contributions(call: _Call, n: int) -> list[tuple[nn.Parameter, tuple]]:
     return out
 
 
+def _grouped(c: tuple, units: UnitLayout | None) -> tuple:
+    """The contribution of each privacy UNIT (user) instead of each row: the same formulas then give the norm
+    of a unit's summed gradient. Outer and embedding terms lay a unit's rows side by side along the time axis
+    (zero rows where a unit has fewer); dense per-row gradients are summed per unit."""
+    if units is None or units.one_row_each:
+        return c
+    if c[0] == "dense":
+        return ("dense", units.sum_rows(c[1]))
+    if c[0] == "outer":
+        return ("outer", units.stack(c[1]), units.stack(c[2]))
+    return ("embed", units.stack(c[1]), units.stack(c[2]), c[3])
+
+
 def _materialise(c: tuple) -> torch.Tensor:
     """The per-sample gradients [n, ...] of one contribution (flattened to [n, -1])."""
     if c[0] == "dense":
@@ -235,6 +249,7 @@ class FastClippingModule(nn.Module):
         self._calls: list[_Call] = []
         self._capture_grads = False
         self._norm2: torch.Tensor | None = None
+        self._units: UnitLayout | None = None
         self._n, self._wrong_batch = 0, None
         self.last_per_sample_norms: torch.Tensor | None = None
         self._handles = [
@@ -292,7 +307,7 @@ class FastClippingModule(nn.Module):
             return
         n = call.act.shape[0]
         for _, c in _contributions(call, n):
-            self._norm2 = self._norm2 + _self_norm2(c)
+            self._norm2 = self._norm2 + _self_norm2(_grouped(c, self._units))
         if self.mode == "ghost":  # nothing else needs this call: free its tensors now
             call.act = call.grad = None
 
@@ -316,7 +331,7 @@ class FastClippingModule(nn.Module):
         for call in calls:
             if call.deferred and call.grad is not None:
                 for p, c in _contributions(call, n):
-                    per_param.setdefault(id(p), []).append(c)
+                    per_param.setdefault(id(p), []).append(_grouped(c, self._units))
         norm2 = self._norm2
         for contribs in per_param.values():
             for k, a in enumerate(contribs):
@@ -325,12 +340,21 @@ class FastClippingModule(nn.Module):
                     norm2 = norm2 + 2 * _cross(a, b)
         return norm2.clamp(min=0).sqrt()
 
-    def clipped_sum(self, per_sample_losses: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
-        """Backward the [B] losses of the forwards since the last call; return {parameter: sum_i min(1, C/||g_i||) g_i}."""
+    def clipped_sum(
+        self, per_sample_losses: torch.Tensor, units: UnitLayout | None = None
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        """Backward the [B] losses of the forwards since the last call; return {parameter: sum_i min(1, C/||g_i||) g_i}.
+
+        With `units` (user-level DP) the clipped quantity is each unit's summed gradient g_U = sum_{i in U} g_i:
+        the result is sum_U min(1, C/||g_U||) g_U, and `last_per_sample_norms` holds the units' norms."""
         n = per_sample_losses.shape[0]
+        if units is not None and units.num_rows != n:
+            raise ValueError(f"units cover {units.num_rows} rows but there are {n} per-sample losses.")
         calls, self._calls = self._calls, []
         self._prepare(calls, n)
-        self._norm2 = torch.zeros(n, dtype=torch.float32, device=per_sample_losses.device)
+        self._units = units
+        size = n if units is None else units.num_units
+        self._norm2 = torch.zeros(size, dtype=torch.float32, device=per_sample_losses.device)
         self._n, self._wrong_batch = n, None
         self._capture_grads = True
         try:
@@ -350,9 +374,11 @@ class FastClippingModule(nn.Module):
                 "position_ids of shape [B, T], not [1, T])."
             )
         norms = self._finish_norms(calls, n)
-        self._norm2 = None
+        self._norm2, self._units = None, None
         self.last_per_sample_norms = norms.detach()
         coef = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        if units is not None:
+            coef = units.per_row(coef)  # every row of a unit scaled by the unit's factor
         if self.mode == "ghost":
             del calls
             (coef.to(per_sample_losses.dtype).detach() * per_sample_losses).sum().backward()

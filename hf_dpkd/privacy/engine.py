@@ -52,6 +52,7 @@ from hf_dpkd.privacy.bookkeeping import (
     unsupported_layers,
     uses_activation_checkpointing,
 )
+from hf_dpkd.privacy.units import UnitLayout
 
 CLIPPING_MODES = ("hooks", "ghost", "bookkeeping", "auto")
 
@@ -211,8 +212,14 @@ def resolve_clipping_mode(model: nn.Module, clipping_mode: str) -> str:
     return "bookkeeping"
 
 
-def attach_grad_sampler(model: nn.Module, clipping_mode: str, max_grad_norm: float) -> nn.Module:
-    """Install per-sample hooks on `model` (see CLIPPING_MODES); returns the wrapper (not to be saved)."""
+def attach_grad_sampler(
+    model: nn.Module, clipping_mode: str, max_grad_norm: float, *, per_unit: bool = False
+) -> nn.Module:
+    """Install per-sample hooks on `model` (see CLIPPING_MODES); returns the wrapper (not to be saved).
+
+    `per_unit` (user-level DP): the clipped quantity will be the sum of several rows' gradients. ``ghost``
+    then runs on this package's engine (Opacus' ghost norms are per row and cannot add a user's cross
+    terms), which needs every trainable layer to have a closed form there."""
     mode = resolve_clipping_mode(model, clipping_mode)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("The model has no trainable parameter: nothing for DP-SGD to train.")
@@ -235,7 +242,13 @@ def attach_grad_sampler(model: nn.Module, clipping_mode: str, max_grad_norm: flo
                     repr(clipping_mode), f"the trainable parameter {low[0][0]!r} is {low[0][1]}"
                 )
             )
-    if mode == "bookkeeping" or (mode == "ghost" and _tied_parameter_names(model)):
+    if per_unit and mode == "ghost" and unsupported_layers(model):
+        raise ValueError(
+            f"clipping_mode={clipping_mode!r} with a privacy unit column (user-level DP) needs the norm of each "
+            "user's SUMMED gradient, which ghost clipping computes only for the layers of bookkeeping.py; "
+            f"{unsupported_layers(model)[0]} is not one of them. Use clipping_mode='hooks' (any layer)."
+        )
+    if mode == "bookkeeping" or (mode == "ghost" and (per_unit or _tied_parameter_names(model))):
         # Opacus' ghost clipping refuses tied parameters; this engine computes their norm exactly.
         wrapper = FastClippingModule(model, max_grad_norm, mode=mode)
     elif mode == "ghost":
@@ -308,15 +321,25 @@ class DPSGDOptimizer(DPOptimizer):
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
     # -- micro-batch ----------------------------------------------------------------------------
-    def backward_microbatch(self, per_sample_losses: torch.Tensor) -> None:
-        """Backward the micro-batch's per-sample losses and add its clipped per-sample gradients."""
+    def backward_microbatch(self, per_sample_losses: torch.Tensor, units: UnitLayout | None = None) -> None:
+        """Backward the micro-batch's per-sample losses and add its clipped per-sample gradients.
+
+        `units` (user-level DP): rows of the same unit are clipped together, as ONE summed gradient; a
+        unit's rows must all be in this micro-batch."""
         n = per_sample_losses.shape[0]
         if n == 0:
             return
+        if units is not None and units.num_rows != n:
+            raise ValueError(f"units cover {units.num_rows} rows but there are {n} per-sample losses.")
         if isinstance(self.grad_sample_module, FastClippingModule):
-            for p, g in self.grad_sample_module.clipped_sum(per_sample_losses).items():
+            for p, g in self.grad_sample_module.clipped_sum(per_sample_losses, units).items():
                 self._accumulate(p, g.detach())
         elif isinstance(self.grad_sample_module, GradSampleModuleFastGradientClipping):
+            if units is not None and not units.one_row_each:
+                raise ValueError(
+                    "Opacus' ghost clipping clips rows one by one; user-level clipping needs "
+                    "attach_grad_sampler(..., per_unit=True), which runs ghost on this package's engine."
+                )
             gsm = self.grad_sample_module
             per_sample_losses.sum().backward(retain_graph=True)  # hooks compute per-sample norms only
             coef = gsm.get_clipping_coef().to(per_sample_losses.device).detach()
@@ -332,9 +355,9 @@ class DPSGDOptimizer(DPOptimizer):
             self._drop_grads()
         else:
             per_sample_losses.sum().backward()
-            self._clip_and_accumulate_exact(n)
+            self._clip_and_accumulate_exact(n, units)
             self._drop_grads()
-        self.num_samples_in_step += n
+        self.num_samples_in_step += n if units is None else units.num_units
 
     @staticmethod
     def _accumulate(p: torch.Tensor, contribution: torch.Tensor) -> None:
@@ -342,7 +365,7 @@ class DPSGDOptimizer(DPOptimizer):
         summed = getattr(p, "summed_grad", None)
         p.summed_grad = contribution if summed is None else summed + contribution
 
-    def _clip_and_accumulate_exact(self, n: int) -> None:
+    def _clip_and_accumulate_exact(self, n: int, units: UnitLayout | None = None) -> None:
         """Opacus' per-sample clipping, with the clipped gradients added one example at a time, in order.
 
         Adding the examples sequentially makes the float32 sum independent of how the logical batch was
@@ -350,6 +373,7 @@ class DPSGDOptimizer(DPOptimizer):
         max_physical_batch_size (the gradients themselves may round differently with the batch shape).
         Norms, factors and sums are float32 (or wider) whatever the per-sample gradients' dtype (bf16
         weights): the per-sample gradients are read as they are, only the accumulation is widened.
+        With `units`, each unit's rows are summed first (in the accumulation dtype) and the units clipped.
         """
         grads, acc = [], []
         for p in self.params:
@@ -358,8 +382,13 @@ class DPSGDOptimizer(DPOptimizer):
                 g = torch.zeros((n, *p.shape), device=p.device, dtype=p.dtype)
             elif isinstance(g, list):
                 g = torch.cat(g, dim=0)
+            dtype = accumulation_dtype(torch.promote_types(g.dtype, p.dtype))
+            if units is not None and not units.one_row_each:
+                g = units.sum_rows(g.to(dtype))
             grads.append(g)
-            acc.append(accumulation_dtype(torch.promote_types(g.dtype, p.dtype)))
+            acc.append(dtype)
+        if units is not None:
+            n = units.num_units
         norm_dtype = functools.reduce(torch.promote_types, acc, torch.float32)
         norms = torch.stack(
             [torch.linalg.vector_norm(g.reshape(n, -1), dim=-1, dtype=norm_dtype) for g in grads], dim=1

@@ -180,11 +180,29 @@ def _check_columns(dataset, fmt: ControlCodeFormat) -> None:
         raise ValueError(f"The dataset lacks control field column(s) {missing} (it has {names}).")
 
 
-def private_counts(dataset, fmt: ControlCodeFormat) -> Counter:
-    """Exact counts of each code in the private data (never released as such)."""
+def private_counts(dataset, fmt: ControlCodeFormat, unit_column: str | None = None) -> Counter:
+    """Exact counts of each code in the private data (never released as such).
+
+    With `unit_column` (user-level DP) each user's k rows count 1/k each: a user adds at most 1 in total,
+    so the counts' L2 sensitivity to adding or removing a whole user is still 1."""
     _check_columns(dataset, fmt)
     columns = [dataset[c] for c in fmt.columns]
-    return Counter(tuple(str(v) for v in row) for row in zip(*columns))
+    codes = [tuple(str(v) for v in row) for row in zip(*columns)]
+    if unit_column is None:
+        return Counter(codes)
+    from hf_dpkd.privacy.units import UnitIndex
+
+    names = list(getattr(dataset, "column_names", None) or dataset.keys())
+    if unit_column not in names:
+        raise ValueError(
+            f"privacy_unit_column={unit_column!r} is not a column of the private data (it has {names})."
+        )
+    index = UnitIndex.from_values(unit_column, dataset[unit_column])
+    weight = 1.0 / index.rows_per_unit()[index.row_unit]
+    out: Counter = Counter()
+    for code, w in zip(codes, weight):
+        out[code] += float(w)
+    return out
 
 
 def dp_control_code_distribution(
@@ -196,6 +214,7 @@ def dp_control_code_distribution(
     domain: Mapping[str, Sequence[str]] | None = None,
     seed: int | None = None,
     name: str = "control_code_histogram",
+    privacy_unit_column: str | None = None,
 ) -> ControlCodeDistribution:
     """Gaussian-mechanism histogram of the codes over a public domain, recorded in `ledger` as `name`.
 
@@ -204,6 +223,8 @@ def dp_control_code_distribution(
     domain is `domain`, else `fmt.domain`, else read off the data: warned about, and recorded in `ledger`
     as the non-private release ``control_code_domain``, which makes the ledger's epsilon infinite.
     `seed` makes the noise reproducible: only for tests, since anyone knowing it can remove the noise.
+    `privacy_unit_column` (user-level DP): each user's k rows are counted with weight 1/k (sensitivity 1
+    per user), and the release names that unit in the ledger.
     """
     if not isinstance(noise_multiplier, int | float) or not noise_multiplier > 0:
         raise ValueError(f"noise_multiplier={noise_multiplier!r} must be > 0 for the DP histogram (e.g. 10).")
@@ -215,7 +236,7 @@ def dp_control_code_distribution(
         _check_columns(dataset, fmt)
         domain = _data_domain(dataset, fmt)
     codes = _domain_codes(fmt, domain)
-    counts = private_counts(dataset, fmt)
+    counts = private_counts(dataset, fmt, privacy_unit_column)
     unknown = sorted(set(counts) - set(codes))
     if unknown:
         raise ValueError(
@@ -240,6 +261,15 @@ def dp_control_code_distribution(
         "seeded_noise": seed is not None,
         "noisy_counts": noisy.tolist(),  # the DP release itself; probs are post-processing of it
     }
+    unit: dict[str, Any] = {}
+    if privacy_unit_column is not None:
+        from hf_dpkd.privacy.units import unit_name
+
+        unit = {
+            "privacy_unit": unit_name(privacy_unit_column),
+            "user_bounding": "each user's k rows counted with weight 1/k (a user adds at most 1 to the counts)",
+        }
+        meta.update(unit)
     if clipped.sum() <= 0:
         logger.warning(
             "Every noisy control-code count was <= 0 (noise_multiplier=%s over %d codes); falling back to the "
@@ -258,6 +288,7 @@ def dp_control_code_distribution(
         sensitivity=1.0,
         num_codes=len(codes),
         domain_from_private_data=from_private,
+        **unit,
         # fresh noise: each call is a distinct release, even with the same settings (see PrivacyLedger.compose)
         **({"noise_draw": uuid.uuid4().hex} if seed is None else {"noise_seed": seed}),
     )

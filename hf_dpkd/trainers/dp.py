@@ -4,7 +4,8 @@ A fine-tuning script that swaps ``TrainingArguments -> DPConfig`` and ``Trainer 
 with DP-SGD: Poisson-sampled logical batches (``privacy/sampling.py``), split into physical
 micro-batches, per-sample clipping by Opacus, one Gaussian noise draw per logical step
 (``privacy/engine.py``), and a PrivacyLedger that composes this release with earlier ones
-(``privacy/accounting.py``). The privacy unit is one training example (one row of `train_dataset`).
+(``privacy/accounting.py``). The privacy unit is one training example (one row of `train_dataset`), or
+with ``privacy_unit_column`` one user (``privacy/units.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from hf_dpkd.privacy.accounting import (
 )
 from hf_dpkd.privacy.engine import CLIPPING_MODES, DPSGDOptimizer, attach_grad_sampler
 from hf_dpkd.privacy.sampling import PoissonBatchSampler
+from hf_dpkd.privacy.units import UNIT_KEY, UnitIndex, UnitLayout, micro_batch_bounds, unit_name
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +181,23 @@ class DPConfig(TrainingArguments):
             "release gets a suffix: no release is ever replaced)."
         },
     )
+    privacy_unit_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "User-level DP: the train_dataset column naming whom each row belongs to (e.g. 'user_id'). "
+            "The protected unit becomes one user: users are Poisson-sampled, the SUM of a user's row gradients "
+            "in a batch is clipped to per_sample_max_grad_norm, and the accountant counts users (N = number of "
+            "users; per_device_train_batch_size is then the expected number of USERS per batch). Default: one row."
+        },
+    )
+    max_rows_per_unit: int | None = field(
+        default=None,
+        metadata={
+            "help": "With privacy_unit_column: at most this many of a sampled user's rows per step, drawn at "
+            "random (bounds a micro-batch and a prolific user's weight; the guarantee does not depend on it). "
+            "Default: all of the user's rows."
+        },
+    )
     log_private_loss: bool = field(
         default=False,
         metadata={
@@ -269,6 +288,19 @@ class DPConfig(TrainingArguments):
             raise ValueError(
                 f"clipping_mode={self.clipping_mode!r} is not supported; use one of {CLIPPING_MODES}."
             )
+        if self.privacy_unit_column is not None and not str(self.privacy_unit_column).strip():
+            raise ValueError(
+                "privacy_unit_column='' names no column; give the column identifying each row's user (e.g. "
+                "'user_id') or None for row-level DP."
+            )
+        if self.max_rows_per_unit is not None:
+            if self.privacy_unit_column is None:
+                raise ValueError(
+                    f"max_rows_per_unit={self.max_rows_per_unit} caps the rows of one user per step; it needs "
+                    "privacy_unit_column (e.g. 'user_id'). Remove it for row-level DP."
+                )
+            if self.max_rows_per_unit < 1:
+                raise ValueError(f"max_rows_per_unit={self.max_rows_per_unit} must be >= 1 (or None).")
         if self.max_physical_batch_size is not None and self.max_physical_batch_size < 1:
             raise ValueError(
                 f"max_physical_batch_size={self.max_physical_batch_size} must be >= 1 (or None)."
@@ -310,6 +342,21 @@ class DPConfig(TrainingArguments):
                     "ignore_data_skip=True would resume a DP run on the Poisson batches it already used (with "
                     "fresh noise), which the accountant does not assume; keep ignore_data_skip=False."
                 )
+
+
+def _check_units_compose(ledger: PrivacyLedger, unit: str, disable_dp: bool) -> None:
+    """A user-level training composed with a row-level release protects only rows: refuse that mix."""
+    if disable_dp or unit == PRIVACY_UNIT or unit.startswith(PRIVACY_UNIT):
+        return
+    for r in ledger.releases:
+        if r.is_private and r.meta.get("privacy_unit") != unit:
+            raise ValueError(
+                f"This training protects {unit}, but the earlier release {r.name!r} in its privacy ledger "
+                f"protects {r.meta.get('privacy_unit') or 'one row'}: composed, the guarantee would hold per "
+                "row only (a user with k rows is covered at about k times that release's epsilon). Make that "
+                "release at the same unit (e.g. the control-code histogram with privacy_unit_column), or train "
+                "at row level."
+            )
 
 
 def dp_forward_kwargs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -410,9 +457,14 @@ class _EmptySafeCollator:
 
     def __call__(self, features: list) -> dict[str, Any]:
         if features:
-            return self.collator(features)
+            units = [f[UNIT_KEY] for f in features] if UNIT_KEY in features[0] else None
+            if units is None:
+                return self.collator(features)
+            batch = self.collator([{k: v for k, v in f.items() if k != UNIT_KEY} for f in features])
+            batch[UNIT_KEY] = torch.tensor(units, dtype=torch.long)
+            return batch
         if self._template is None:
-            self._template = self.collator([self.dataset[0]])
+            self._template = self([self.dataset[0]])
         return {k: (v[:0] if isinstance(v, torch.Tensor) else v) for k, v in self._template.items()}
 
 
@@ -525,17 +577,24 @@ class DPTrainer(Trainer):
             ) from e
         if n == 0:
             raise ValueError("train_dataset is empty: DP-SGD needs at least one training example.")
+        self.dp_num_rows = n
+        self.dp_units = self._unit_index() if args.privacy_unit_column else None
+        if self.dp_units is not None:
+            n = self.dp_units.num_units
         world = max(1, args.world_size)
         expected = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
         if expected > n:
+            what = "users" if self.dp_units is not None else "examples"
             raise ValueError(
                 f"The expected logical batch per_device_train_batch_size*gradient_accumulation_steps*world_size="
-                f"{expected} is larger than the dataset ({n} examples); lower per_device_train_batch_size or "
+                f"{expected} is larger than the dataset ({n} {what}); lower per_device_train_batch_size or "
                 "gradient_accumulation_steps."
             )
         self.dp_num_examples = n
         self.privacy_unit = PRIVACY_UNIT
-        if _rows_look_packed(self.train_dataset):
+        if self.dp_units is not None:
+            self.privacy_unit = unit_name(args.privacy_unit_column)
+        elif _rows_look_packed(self.train_dataset):
             self.privacy_unit = PRIVACY_UNIT + PACKED_ROWS_NOTE
             warnings.warn(
                 "The training rows look packed (same length, no padding, labels equal to inputs): one text may "
@@ -579,6 +638,7 @@ class DPTrainer(Trainer):
                 "given; use the ledger's accountant so every release is composed the same way."
             )
         ledger.delta = delta
+        _check_units_compose(ledger, self.privacy_unit, args.disable_dp)
         self.privacy_ledger = ledger
         self._mechanism = "subsampled_gaussian" if args.poisson_sampling else UNIFORM
         # What this training is composed with; this run's own release is not in it (resume restores it later).
@@ -616,11 +676,13 @@ class DPTrainer(Trainer):
             rank=args.process_index,
             world_size=world,
             poisson=args.poisson_sampling,
+            units=self.dp_units,
+            max_rows_per_unit=args.max_rows_per_unit,
         )
         self._noise_generator = torch.Generator(device=args.device)
         self._use_dp_seed(args.dp_seed if args.dp_seed is not None else _shared_secret_seed(args.device))
         self._grad_sample_module = attach_grad_sampler(
-            self.model, args.clipping_mode, args.per_sample_max_grad_norm
+            self.model, args.clipping_mode, args.per_sample_max_grad_norm, per_unit=self.dp_units is not None
         )
         logger.info(
             "DP-SGD: N=%d, expected batch=%d, q=%.4g, steps=%d, noise_multiplier=%.4g, C=%s, accountant=%s, delta=%.3g",
@@ -633,6 +695,18 @@ class DPTrainer(Trainer):
             args.accountant,
             delta,
         )
+
+    def _unit_index(self) -> UnitIndex:
+        """The users of the train_dataset, from its privacy_unit_column (read once, before any training)."""
+        column = self.args.privacy_unit_column
+        names = list(getattr(self.train_dataset, "column_names", None) or [])
+        if column not in names:
+            raise ValueError(
+                f"privacy_unit_column={column!r} is not a column of the train_dataset"
+                + (f" (it has {names})" if names else " (it is not a datasets.Dataset with named columns)")
+                + ": give the column that names each row's user, or None for row-level DP."
+            )
+        return UnitIndex.from_values(column, self.train_dataset[column])
 
     def _release_entry(self, steps: int) -> tuple:
         entry = (self.dp_noise_multiplier, self.dp_sample_rate, steps)
@@ -667,6 +741,11 @@ class DPTrainer(Trainer):
             dataset = self._remove_unused_columns(dataset, description="Training")
         else:
             collator = self._get_collator_with_removed_columns(collator, description="Training")
+        if self.dp_units is not None:
+            if not isinstance(dataset, datasets.Dataset):
+                raise ValueError("privacy_unit_column needs the train_dataset as a datasets.Dataset.")
+            # the unit of each row travels with the batch (the column itself was removed as unused)
+            dataset = dataset.add_column(UNIT_KEY, self.dp_units.row_unit.tolist())
         # Not passed through accelerator.prepare: the sampler already gives each rank its own shard.
         return _EpochDataLoader(
             dataset,
@@ -739,6 +818,7 @@ class DPTrainer(Trainer):
             expected_batch_size=self.dp_expected_batch_size,
             num_examples=self.dp_num_examples,
             privacy_unit=self.privacy_unit,
+            **({"num_rows": self.dp_num_rows} if self.dp_units is not None else {}),
             noise_draw=self._noise_draw,
         )
         self._dp_release_name = release.name
@@ -757,22 +837,19 @@ class DPTrainer(Trainer):
         if not self.args.dp_enabled:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
-        inputs = self._prepare_inputs(inputs)
+        inputs = dict(self._prepare_inputs(inputs))
+        unit_ids = inputs.pop(UNIT_KEY, None)
         n = inputs["input_ids"].shape[0]
         total = torch.zeros((), device=self.args.device)
-        step = self.dp_max_physical_batch_size
-        for start in range(0, n, step):
+        for start, stop in micro_batch_bounds(n, self.dp_max_physical_batch_size, unit_ids):
             micro = {
-                k: (
-                    v[start : start + step]
-                    if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n
-                    else v
-                )
+                k: (v[start:stop] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v)
                 for k, v in inputs.items()
             }
             with self.compute_loss_context_manager():
                 losses = self.compute_per_sample_loss(model, micro)
-            self._dp_optimizer.backward_microbatch(losses)
+            units = UnitLayout(unit_ids[start:stop]) if unit_ids is not None else None
+            self._dp_optimizer.backward_microbatch(losses, units)
             total = total + losses.detach().float().sum()
         # Reported loss only (the update never uses it): the Trainer sums the accumulation parts, so
         # each part reports its mean per-example loss divided by the number of parts.
@@ -805,6 +882,7 @@ class DPTrainer(Trainer):
             "per_sample_max_grad_norm": self.args.per_sample_max_grad_norm,
             "expected_batch_size": self.dp_expected_batch_size,
             "num_examples": self.dp_num_examples,
+            "num_rows": self.dp_num_rows,
             "sampling": "poisson" if self.args.poisson_sampling else "uniform_fixed_size",
             "privacy_unit": self.privacy_unit,
             "release": self.privacy_release_name,
