@@ -4,7 +4,7 @@
 
 Where `benchmarks/distildp_diagnosis.py` varies post-processing settings under one DP teacher, this script
 varies what the private run itself depends on: the private set size N, how much of the private domain's
-language public pretraining covers, public pretraining steps. Each setting is a full demo run (data, DP
+language public pretraining covers, public pretraining steps, the teacher / student sizes. Each setting is a full demo run (data, DP
 histogram, DP teacher, generation, students; one DP draw each) in `<out>/<setting>`, scored on the private
 VALIDATION split (the test split is never read here). Besides the DP models it scores the public base
 teacher and student, which never saw private data: the floor any private method must beat.
@@ -37,6 +37,9 @@ SETTINGS: dict[str, list[str]] = {
     "n_10000": ["--demo_num_train", "10000"],
     "coverage_0.5_n_10000": ["--demo_public_coverage", "0.5", "--demo_num_train", "10000"],
     "pretrain_600": ["--pretrain_steps", "600"],
+    # teacher / student capacity: 940K / 174K parameters (5.4x) by default; the paper distils 9.4x
+    "student_2x48": ["--demo_student_shape", "2x48"],  # 111K parameters: 8.5x
+    "teacher_6x192": ["--demo_teacher_shape", "6x192"],  # 2.9M parameters: 16.6x
     "coverage_0.5_pretrain_600": ["--demo_public_coverage", "0.5", "--pretrain_steps", "600"],
 }
 MODELS = ("base_teacher", "base_student", "teacher", "distildp", "dp_syn_data", "dp_sgd_student")

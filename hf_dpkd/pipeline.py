@@ -467,6 +467,7 @@ class Pipeline:
                 pretrain_steps=c.teacher.pretrain_steps,
                 max_length=c.data.max_length,
                 seed=c.pipeline.seed,
+                shapes={"teacher": c.teacher.demo_teacher_shape, "student": c.teacher.demo_student_shape},
             )
             info["base_models"] = {k: str(v) for k, v in paths.items()}
         else:

@@ -178,6 +178,17 @@ class TeacherArguments:
     pretrain_steps: int = field(
         default=200, metadata={"help": "Demo only: public pretraining steps per base model."}
     )
+    demo_teacher_shape: str = field(
+        default="4x128",
+        metadata={"help": "Demo only: the teacher's GPT-2 layers x width (940K parameters at 4x128)."},
+    )
+    demo_student_shape: str = field(
+        default="2x64",
+        metadata={
+            "help": "Demo only: the student's GPT-2 layers x width (174K parameters at 2x64: 5.4x smaller than "
+            "the teacher; the paper distils 9.4x)."
+        },
+    )
     teacher_epochs: float = field(default=3.0, metadata={"help": "DP-SGD epochs of the teacher."})
     teacher_learning_rate: float = field(default=2e-3, metadata={"help": "Teacher learning rate."})
     teacher_batch_size: int = field(default=128, metadata={"help": "Expected logical batch per device."})
@@ -655,6 +666,10 @@ def validate_run_config(config: RunConfig) -> None:
             "estimated from that many candidates; 2000 is a good default)."
         )
     t = config.teacher
+    from hf_dpkd.data.models import parse_shape
+
+    parse_shape(t.demo_teacher_shape, "--demo_teacher_shape")
+    parse_shape(t.demo_student_shape, "--demo_student_shape")
     if not t.per_sample_max_grad_norm > 0:
         raise ValueError(f"--per_sample_max_grad_norm {t.per_sample_max_grad_norm}: must be > 0 (e.g. 1.0).")
     for name in ("teacher_peft", "student_peft"):

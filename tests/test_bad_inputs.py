@@ -216,6 +216,27 @@ def _enospc_generation(tmp: Path, monkeypatch) -> None:
 
 
 CASES = [
+    # user-level privacy and demo model sizes
+    Case(
+        "max-rows-per-unit-without-column",
+        _parse("--max_rows_per_unit", "4"),
+        r"--max_rows_per_unit 4 caps a user's rows per step; it needs --privacy_unit_column",
+    ),
+    Case(
+        "privacy-unit-column-missing",
+        _pipeline_on_csv("--privacy_unit_column", "user_id"),
+        r"lacks column\(s\) \['user_id'\]",
+    ),
+    Case(
+        "demo-student-shape",
+        _parse("--demo_student_shape", "2x100"),
+        r"--demo_student_shape='2x100': needs >= 1 layer and a width >= 16 that its 3 head\(s\) divide",
+    ),
+    Case(
+        "demo-teacher-shape",
+        _parse("--demo_teacher_shape", "big"),
+        r"--demo_teacher_shape='big': write LAYERSxWIDTH",
+    ),
     # recipes
     Case(
         "recipe-unknown-key",

@@ -143,3 +143,26 @@ def test_bad_loss_inputs():
         kd_divergence(s, te, mask, temperature=0)
     with pytest.raises(ValueError, match="kd_loss='mse' is not supported"):
         kd_beta("mse")
+
+
+def test_per_sequence_nll_matches_an_explicit_loop():
+    """Each sequence's mean NLL of token t+1 given its prefix, over its own unmasked targets (labels -100
+    skipped, a sequence with none gives 0); the labels are shifted, the logits are not copied."""
+    from hf_dpkd.trainers.dp import per_sequence_nll
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 11, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 11, (3, 6), generator=g)
+    labels[0, 4:] = -100
+    labels[2, 1:] = -100  # no target at all
+    expected = []
+    for b in range(3):
+        terms = [
+            -torch.log_softmax(logits[b, t], -1)[labels[b, t + 1]]
+            for t in range(5)
+            if labels[b, t + 1] != -100
+        ]
+        expected.append(torch.stack(terms).mean() if terms else torch.tensor(0.0, dtype=torch.float64))
+    torch.testing.assert_close(
+        per_sequence_nll(logits, labels).double(), torch.stack(expected), rtol=1e-6, atol=1e-6
+    )

@@ -74,8 +74,23 @@ def train_demo_tokenizer(public_texts: list[str], vocab_size: int = 1024) -> Pre
     )
 
 
-def demo_config(tokenizer: PreTrainedTokenizerBase, kind: str) -> GPT2Config:
-    """The GPT-2 config of the demo `kind` ("teacher": 4 x 128, "student": 2 x 64) for `tokenizer`."""
+def parse_shape(shape: str, argument: str = "shape") -> dict[str, int]:
+    """'LAYERSxWIDTH' (e.g. '4x128') -> GPT-2 sizes, one attention head per 32 channels (at least one)."""
+    try:
+        layers, width = (int(x) for x in shape.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{argument}={shape!r}: write LAYERSxWIDTH, e.g. 4x128.") from None
+    heads = max(1, width // 32)
+    if layers < 1 or width < 16 or width % heads:
+        raise ValueError(
+            f"{argument}={shape!r}: needs >= 1 layer and a width >= 16 that its {heads} head(s) divide "
+            "(one head per 32 channels), e.g. 2x48, 4x128, 6x192."
+        )
+    return dict(n_layer=layers, n_embd=width, n_head=heads, n_positions=N_POSITIONS)
+
+
+def demo_config(tokenizer: PreTrainedTokenizerBase, kind: str, shape: str | None = None) -> GPT2Config:
+    """The GPT-2 config of the demo `kind` ("teacher": 4 x 128, "student": 2 x 64, or `shape`) for `tokenizer`."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} must be one of {sorted(KINDS)}.")
     return GPT2Config(
@@ -83,13 +98,15 @@ def demo_config(tokenizer: PreTrainedTokenizerBase, kind: str) -> GPT2Config:
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **KINDS[kind],
+        **(parse_shape(shape) if shape else KINDS[kind]),
     )
 
 
-def demo_model(tokenizer: PreTrainedTokenizerBase, kind: str, seed: int = 0) -> GPT2LMHeadModel:
+def demo_model(
+    tokenizer: PreTrainedTokenizerBase, kind: str, seed: int = 0, shape: str | None = None
+) -> GPT2LMHeadModel:
     """A freshly initialised demo teacher or student (deterministic in `seed`)."""
-    config = demo_config(tokenizer, kind)
+    config = demo_config(tokenizer, kind, shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return GPT2LMHeadModel(config)
@@ -197,8 +214,11 @@ def build_demo_models(
     learning_rate: float = 3e-3,
     seed: int = 0,
     pack: bool = True,
+    shapes: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Pretrain the demo teacher and student on public text, cached in ``run_dir/base/{teacher,student}``.
+
+    `shapes` ({"teacher": "4x128", "student": "2x64"}, the defaults) sets each model's layers x width.
 
     Each folder holds ``save_pretrained`` of the model and the tokenizer, then a ``READY`` marker (written
     last, atomically) recording the settings and a fingerprint of tokenizer + texts. A folder whose marker
@@ -207,9 +227,10 @@ def build_demo_models(
     paths: dict[str, Path] = {}
     for offset, kind in enumerate(("teacher", "student")):
         out = Path(run_dir) / "base" / kind
+        shape = (shapes or {}).get(kind)
         settings = {
             "kind": kind,
-            "config": KINDS[kind],
+            "config": parse_shape(shape) if shape else KINDS[kind],
             "pretrain_steps": pretrain_steps,
             "max_length": max_length,
             "batch_size": batch_size,
@@ -228,7 +249,7 @@ def build_demo_models(
                 paths[kind] = out
                 continue
             marker.unlink()
-        model = demo_model(tokenizer, kind, seed + offset)
+        model = demo_model(tokenizer, kind, seed + offset, shape)
         metrics = pretrain_on_public(
             model,
             tokenizer,

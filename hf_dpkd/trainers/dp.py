@@ -405,12 +405,13 @@ def causal_lm_labels(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 def per_sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token NLL of each sequence over its own non-masked tokens: shape [B].
 
-    One sample's value never depends on another sample (unlike HF's batch-mean `labels=` loss).
+    One sample's value never depends on another sample (unlike HF's batch-mean `labels=` loss). The labels
+    are shifted (the last position gets -100), not the logits: slicing [B, T-1, V] logits would copy them
+    and scatter their gradient back into a zero [B, T, V] tensor, the largest tensors of the step.
     """
-    shift_logits = logits[:, :-1, :]
-    shift_labels = labels[:, 1:]
+    shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
     nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)).float(),
+        logits.reshape(-1, logits.size(-1)).float(),
         shift_labels.reshape(-1),
         ignore_index=-100,
         reduction="none",
