@@ -372,3 +372,29 @@ def test_loader_keeps_the_unit_column(tmp_path):
     assert set(ds["train"]["author"]) <= {"100", "101", "102"}
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['user'\]"):
         load_private_dataset(str(path), control_columns=["label"], unit_column="user")
+
+
+def test_text_dataset_keeps_its_unit_column(tmp_path):
+    """A trl-style 'text' dataset with a user column: DPTrainer tokenizes it and still samples users."""
+    from tests.dp_models import tiny_word_lm, tiny_word_tokenizer
+
+    texts = [f"user {u} wrote review {i} about the cat" for u in range(12) for i in range(u % 3 + 1)]
+    users = [f"u{u}" for u in range(12) for _ in range(u % 3 + 1)]
+    tokenizer = tiny_word_tokenizer(texts)
+    trainer = DPTrainer(
+        model=tiny_word_lm(len(tokenizer)),
+        args=DPConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            report_to=[],
+            per_device_train_batch_size=4,
+            max_steps=2,
+            noise_multiplier=1.0,
+            privacy_unit_column="user_id",
+        ),
+        train_dataset=Dataset.from_dict({"text": texts, "user_id": users}),
+        processing_class=tokenizer,
+    )
+    assert trainer.dp_num_examples == 12 and trainer.dp_num_rows == len(texts)
+    trainer.train()
+    assert trainer.privacy_report()["steps"] == 2

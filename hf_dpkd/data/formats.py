@@ -42,11 +42,18 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def tokenize_lm_dataset(dataset, tokenizer, max_length: int | None = None, argument: str = "train_dataset"):
+def tokenize_lm_dataset(
+    dataset,
+    tokenizer,
+    max_length: int | None = None,
+    argument: str = "train_dataset",
+    keep: tuple[str, ...] = (),
+):
     """`dataset` ('text' or 'prompt'/'completion' columns) as input_ids / attention_mask / labels rows.
 
     The labels of the prompt's tokens are -100; eos is appended when the tokenizer has one. Sequences are cut to
     `max_length` (default: the tokenizer's limit, at most 1024). A tokenized dataset is returned as it is.
+    Columns in `keep` (e.g. the privacy unit column of user-level DP) stay next to the tokens.
     """
     kind = dataset_format(list(dataset.column_names), argument)
     if kind == "tokenized":
@@ -77,7 +84,8 @@ def tokenize_lm_dataset(dataset, tokenizer, max_length: int | None = None, argum
             out["labels"].append(labels)
         return out
 
-    return dataset.map(encode, batched=True, remove_columns=list(dataset.column_names), desc="tokenizing")
+    removed = [c for c in dataset.column_names if c not in keep]
+    return dataset.map(encode, batched=True, remove_columns=removed, desc="tokenizing")
 
 
 class PaddingCollator:

@@ -500,8 +500,13 @@ def _with_trl_formats(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
                     f"{argument} holds raw text (columns {columns}); pass processing_class=<tokenizer> so DPTrainer "
                     "can tokenize it."
                 )
+            unit_column = getattr(kwargs.get("args"), "privacy_unit_column", None)
             parts[name] = tokenize_lm_dataset(
-                dataset, tokenizer, getattr(kwargs.get("args"), "max_length", None), argument
+                dataset,
+                tokenizer,
+                getattr(kwargs.get("args"), "max_length", None),
+                argument,
+                keep=(unit_column,) if unit_column else (),
             )
             formatted = True
         kwargs[key] = parts if isinstance(given, dict) else parts[None]
