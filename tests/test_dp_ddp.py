@@ -65,3 +65,7 @@ def test_two_process_dp_training(tmp_path):
     single.privacy_ledger.record("dp_sgd", 1.0, single.dp_sample_rate, 4)
     assert abs(ranks[0]["epsilon"] - single.privacy_ledger.epsilon()) < 1e-9
     assert ranks[0]["epsilon"] == ranks[1]["epsilon"]
+    # user level over 2 ranks: q = 2 x per-device users / 40 users, one update, identical replicas
+    for r in ranks:
+        assert r["user_num_examples"] == 40 and r["user_sample_rate"] == 12 / 40 and r["user_steps"] == 4
+    assert ranks[0]["user_checksum"] == ranks[1]["user_checksum"]

@@ -37,8 +37,7 @@ model = GPT2LMHeadModel(
 g = torch.Generator().manual_seed(0)
 ids = torch.randint(0, 40, (120, 8), generator=g).tolist()
 ds = Dataset.from_dict({"input_ids": ids, "labels": ids})
-args = DPConfig(
-    output_dir=out_dir,
+common = dict(
     per_device_train_batch_size=per_device,
     max_steps=4,
     use_cpu=True,
@@ -50,10 +49,25 @@ args = DPConfig(
     learning_rate=1e-2,
     ddp_backend="gloo",
 )
+args = DPConfig(output_dir=out_dir, **common)
 trainer = DPTrainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
 trainer.train()
 checksum = float(sum(q.detach().double().sum() for q in trainer.model.parameters()))
 report = trainer.privacy_report()
+
+# 3) User-level DP on 2 ranks: 40 users of 3 rows each; each rank samples its own share of the USERS.
+torch.manual_seed(0)
+user_model = GPT2LMHeadModel(
+    GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16, bos_token_id=0, eos_token_id=0)
+)
+users = Dataset.from_dict({"input_ids": ids, "labels": ids, "user_id": [f"u{i // 3}" for i in range(120)]})
+user_args = DPConfig(output_dir=f"{out_dir}/users", privacy_unit_column="user_id", **common)
+user_trainer = DPTrainer(
+    model=user_model, args=user_args, train_dataset=users, data_collator=default_data_collator
+)
+user_trainer.train()
+user_report = user_trainer.privacy_report()
+user_checksum = float(sum(q.detach().double().sum() for q in user_trainer.model.parameters()))
 with open(f"{out_dir}/rank{rank}.json", "w") as f:
     json.dump(
         {
@@ -63,6 +77,10 @@ with open(f"{out_dir}/rank{rank}.json", "w") as f:
             "sample_rate": report["sample_rate"],
             "world_size": dist.get_world_size(),
             "steps": report["steps"],
+            "user_checksum": user_checksum,
+            "user_sample_rate": user_report["sample_rate"],
+            "user_num_examples": user_report["num_examples"],
+            "user_steps": user_report["steps"],
         },
         f,
     )
