@@ -644,16 +644,9 @@ def validate_run_config(config: RunConfig) -> None:
         )
     if d.control_domain is not None:
         parse_control_domain(d.control_domain)
-    if d.privacy_unit_column is not None and not d.privacy_unit_column.strip():
-        raise ValueError("--privacy_unit_column '': give the column naming each row's user (demo: user_id).")
-    if d.max_rows_per_unit is not None:
-        if d.privacy_unit_column is None:
-            raise ValueError(
-                f"--max_rows_per_unit {d.max_rows_per_unit} caps a user's rows per step; it needs "
-                "--privacy_unit_column (demo: user_id)."
-            )
-        if d.max_rows_per_unit < 1:
-            raise ValueError(f"--max_rows_per_unit {d.max_rows_per_unit}: must be >= 1.")
+    from hf_dpkd.privacy.units import check_unit_settings
+
+    check_unit_settings(d.privacy_unit_column, d.max_rows_per_unit, cli=True)
     if not d.histogram_noise_multiplier > 0:
         raise ValueError(f"--histogram_noise_multiplier {d.histogram_noise_multiplier}: must be > 0.")
     if d.max_length < 8:

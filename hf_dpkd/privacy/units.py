@@ -112,6 +112,30 @@ class UnitLayout:
 UNIT_KEY = "_dp_privacy_unit"
 
 
+def check_unit_settings(column: str | None, max_rows: int | None, *, cli: bool = False) -> None:
+    """The checks of privacy_unit_column / max_rows_per_unit, worded for DPConfig or (`cli`) the pipeline's flags."""
+
+    def arg(name: str, value) -> str:
+        return f"--{name} {value}" if cli else f"{name}={value!r}"
+
+    if column is not None and not str(column).strip():
+        raise ValueError(
+            f"{arg('privacy_unit_column', '')} names no column; give the column identifying each row's user "
+            "(e.g. user_id), or none for row-level DP."
+        )
+    if max_rows is None:
+        return
+    if column is None:
+        raise ValueError(
+            f"{arg('max_rows_per_unit', max_rows)} caps a user's rows per step; it needs "
+            f"{'--' if cli else ''}privacy_unit_column (e.g. user_id). Remove it for row-level DP."
+        )
+    if max_rows < 1:
+        raise ValueError(
+            f"{arg('max_rows_per_unit', max_rows)}: must be >= 1 (or unset: all of a user's rows)."
+        )
+
+
 def unit_name(column: str) -> str:
     """How the ledger, the report and the cards name a user-level unit."""
     return f"one user, identified by column {column}"

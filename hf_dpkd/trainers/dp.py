@@ -41,7 +41,14 @@ from hf_dpkd.privacy.accounting import (
 )
 from hf_dpkd.privacy.engine import CLIPPING_MODES, DPSGDOptimizer, attach_grad_sampler
 from hf_dpkd.privacy.sampling import PoissonBatchSampler
-from hf_dpkd.privacy.units import UNIT_KEY, UnitIndex, UnitLayout, micro_batch_bounds, unit_name
+from hf_dpkd.privacy.units import (
+    UNIT_KEY,
+    UnitIndex,
+    UnitLayout,
+    check_unit_settings,
+    micro_batch_bounds,
+    unit_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -288,19 +295,7 @@ class DPConfig(TrainingArguments):
             raise ValueError(
                 f"clipping_mode={self.clipping_mode!r} is not supported; use one of {CLIPPING_MODES}."
             )
-        if self.privacy_unit_column is not None and not str(self.privacy_unit_column).strip():
-            raise ValueError(
-                "privacy_unit_column='' names no column; give the column identifying each row's user (e.g. "
-                "'user_id') or None for row-level DP."
-            )
-        if self.max_rows_per_unit is not None:
-            if self.privacy_unit_column is None:
-                raise ValueError(
-                    f"max_rows_per_unit={self.max_rows_per_unit} caps the rows of one user per step; it needs "
-                    "privacy_unit_column (e.g. 'user_id'). Remove it for row-level DP."
-                )
-            if self.max_rows_per_unit < 1:
-                raise ValueError(f"max_rows_per_unit={self.max_rows_per_unit} must be >= 1 (or None).")
+        check_unit_settings(self.privacy_unit_column, self.max_rows_per_unit)
         if self.max_physical_batch_size is not None and self.max_physical_batch_size < 1:
             raise ValueError(
                 f"max_physical_batch_size={self.max_physical_batch_size} must be >= 1 (or None)."
