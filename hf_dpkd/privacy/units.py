@@ -116,7 +116,9 @@ def check_unit_settings(column: str | None, max_rows: int | None, *, cli: bool =
     """The checks of privacy_unit_column / max_rows_per_unit, worded for DPConfig or (`cli`) the pipeline's flags."""
 
     def arg(name: str, value) -> str:
-        return f"--{name} {value}" if cli else f"{name}={value!r}"
+        if cli:
+            return f"--{name} {value!r}" if isinstance(value, str) else f"--{name} {value}"
+        return f"{name}={value!r}"
 
     if column is not None and not str(column).strip():
         raise ValueError(
