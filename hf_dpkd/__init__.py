@@ -44,6 +44,7 @@ from hf_dpkd.synthetic.generation import (
 from hf_dpkd.synthetic.quality import quality_report
 from hf_dpkd.trainers.distillation import DistillationConfig, DistillationTrainer
 from hf_dpkd.trainers.dp import DPConfig, DPTrainer
+from hf_dpkd.trainers.dp_distillation import DPDistillationConfig, DPDistillationTrainer
 
 __version__ = "0.1.0"
 
@@ -65,6 +66,8 @@ __all__ = [
     "AuditCanary",
     "Canary",
     "DPConfig",
+    "DPDistillationConfig",
+    "DPDistillationTrainer",
     "DPTrainer",
     "HubPushError",
     "PrivacyLedger",

@@ -101,7 +101,7 @@ LENGTH_GROUPED = "group_by_length"
 
 
 def _resume_point(output_dir: Path) -> str | None:
-    from hf_dpkd.trainers.dp import last_complete_checkpoint
+    from hf_dpkd.trainers.checkpoints import last_complete_checkpoint
 
     return last_complete_checkpoint(str(output_dir))
 
@@ -727,7 +727,7 @@ class Pipeline:
                 data_collator=_lm_collator(tokenizer),
             )
         else:
-            from hf_dpkd.trainers.distillation import DistillationConfig, DistillationTrainer
+            from hf_dpkd.trainers.dp_distillation import DPDistillationConfig, DPDistillationTrainer
 
             teacher, _ = load_model_and_tokenizer(teacher_for_kd, base=self.base_path("teacher"))
             s = c.student
@@ -744,7 +744,7 @@ class Pipeline:
                     dp_opd_prompt_tokens=s.dp_opd_prompt_tokens,
                     on_policy_max_new_tokens=max(1, min(s.dp_opd_max_new_tokens, c.data.max_length // 2)),
                 )
-            args = DistillationConfig(
+            args = DPDistillationConfig(
                 **common,
                 target_epsilon=target_epsilon,
                 target_delta=self.delta(),
@@ -760,7 +760,7 @@ class Pipeline:
                 teacher_is_public=teacher_is_public,
                 **loss,
             )
-            trainer = DistillationTrainer(
+            trainer = DPDistillationTrainer(
                 model=model,
                 teacher_model=teacher,
                 args=args,

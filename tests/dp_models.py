@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from hf_dpkd.trainers.dp import dp_forward_kwargs, per_sequence_nll
+from hf_dpkd.trainers.losses import dp_forward_kwargs, per_sequence_nll
 
 VOCAB = 64
 

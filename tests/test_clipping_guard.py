@@ -13,7 +13,7 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
 from hf_dpkd.privacy.engine import CLIPPING_MODES, DPSGDOptimizer, attach_grad_sampler, detach_grad_sampler
-from hf_dpkd.trainers.dp import dp_forward_kwargs, per_sequence_nll
+from hf_dpkd.trainers.losses import dp_forward_kwargs, per_sequence_nll
 from tests.dp_models import MODEL_FACTORIES, VOCAB, random_batch, reference_clipped_sum
 
 LOSS_SCALE = 1e6  # every example's gradient is far above C: each one is clipped to exactly C

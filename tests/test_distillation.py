@@ -16,7 +16,8 @@ from transformers import (
 
 from hf_dpkd.evaluation import perplexity
 from hf_dpkd.trainers.distillation import TOPK_INDICES, TOPK_LOGPROBS, DistillationConfig, DistillationTrainer
-from hf_dpkd.trainers.dp import dp_forward_kwargs
+from hf_dpkd.trainers.dp_distillation import DPDistillationConfig, DPDistillationTrainer
+from hf_dpkd.trainers.losses import dp_forward_kwargs
 from tests.dp_models import tiny_word_lm, tiny_word_tokenizer
 
 WORDS = ["good", "food", "nice", "staff", "slow", "service", "bad", "cold", "fries", "great"]
@@ -150,7 +151,7 @@ def test_on_policy_rollouts_train(tmp_path, teacher):
 
 def test_dpkd_per_sample_losses_are_independent_and_recorded(tmp_path, teacher):
     data = _dataset(_grammar(64, 5))
-    args = DistillationConfig(
+    args = DPDistillationConfig(
         output_dir=str(tmp_path),
         max_steps=2,
         target_epsilon=2.0,
@@ -158,7 +159,7 @@ def test_dpkd_per_sample_losses_are_independent_and_recorded(tmp_path, teacher):
         teacher_is_public=True,  # the fixture's teacher is declared public here (test_privacy_hardening: DP teachers)
         **BASE,
     )
-    trainer = DistillationTrainer(
+    trainer = DPDistillationTrainer(
         model=_model(1, 16), teacher_model=teacher, args=args, train_dataset=data, data_collator=COLLATE
     )
     batch = COLLATE([data[i] for i in range(6)])
@@ -181,11 +182,34 @@ def test_dpkd_per_sample_losses_are_independent_and_recorded(tmp_path, teacher):
         ({"kd_loss": "mse"}, r"kd_loss='mse' is not supported"),
         ({"on_policy_ratio": 1.5}, r"on_policy_ratio=1.5 must lie in \[0, 1\]"),
         ({"target_epsilon": 1.0, "alpha_hidden": 1.0}, r"With DP-SGD \(DPKD\) only alpha_ce and alpha_kd"),
+        ({"target_epsilon": 1.0, "on_policy_ratio": 0.5}, r"With DP-SGD \(DPKD\) only alpha_ce and alpha_kd"),
+        (
+            {"target_epsilon": 1.0, "alpha_kd": -0.1},
+            "weights must be >= 0",
+        ),  # the KD checks hold under DP too
+        ({}, "Give exactly one of target_epsilon"),
     ],
 )
 def test_bad_config(tmp_path, kwargs, match):
+    config = DPDistillationConfig if "target_epsilon" in kwargs or not kwargs else DistillationConfig
     with pytest.raises(ValueError, match=match):
-        DistillationConfig(output_dir=str(tmp_path), **{**BASE, **kwargs})
+        config(output_dir=str(tmp_path), **{**BASE, **kwargs})
+
+
+def test_distillation_takes_no_privacy_setting(tmp_path):
+    """DistillationTrainer is a plain Trainer: DP settings belong to DPDistillationConfig, which says so."""
+    with pytest.raises(TypeError, match="target_epsilon"):
+        DistillationConfig(output_dir=str(tmp_path), target_epsilon=2.0, **BASE)
+    assert not any(
+        f.startswith(("target_epsilon", "noise_multiplier", "dp_"))
+        for f in DistillationConfig.__dataclass_fields__
+    )
+    with pytest.raises(TypeError, match="DPDistillationConfig"):
+        DPDistillationTrainer(
+            model=_model(1, 16),
+            teacher_model=_model(1, 16),
+            args=DistillationConfig(output_dir=str(tmp_path), **BASE),
+        )
 
 
 def test_bad_trainer_inputs(tmp_path, teacher):

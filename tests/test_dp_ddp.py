@@ -61,8 +61,8 @@ def test_two_process_dp_training(tmp_path):
         train_dataset=ds,
         data_collator=default_data_collator,
     )
-    assert ranks[0]["sample_rate"] == single.dp_sample_rate == 0.1
-    single.privacy_ledger.record("dp_sgd", 1.0, single.dp_sample_rate, 4)
+    assert ranks[0]["sample_rate"] == single.dp_session.sample_rate == 0.1
+    single.privacy_ledger.record("dp_sgd", 1.0, single.dp_session.sample_rate, 4)
     assert abs(ranks[0]["epsilon"] - single.privacy_ledger.epsilon()) < 1e-9
     assert ranks[0]["epsilon"] == ranks[1]["epsilon"]
     # user level over 2 ranks: q = 2 x per-device users / 40 users, one update, identical replicas

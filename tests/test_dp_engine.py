@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hf_dpkd.privacy.engine import DPSGDOptimizer, attach_grad_sampler, detach_grad_sampler
-from hf_dpkd.trainers.dp import dp_forward_kwargs, per_sequence_nll
+from hf_dpkd.trainers.losses import dp_forward_kwargs, per_sequence_nll
 from tests.dp_models import MODEL_FACTORIES, random_batch, reference_clipped_sum, tiny_gpt2
 from tests.tolerances import assert_matches_reference
 

@@ -21,9 +21,10 @@ from transformers import (
 
 from hf_dpkd.privacy.accounting import PrivacyLedger
 from hf_dpkd.privacy.engine import CLIPPING_MODES
-from hf_dpkd.trainers.distillation import TOPK_INDICES, TOPK_LOGPROBS, DistillationConfig, DistillationTrainer
-from hf_dpkd.trainers.dp import DPConfig, DPTrainer, dp_forward_kwargs
-from hf_dpkd.trainers.losses import kd_divergence
+from hf_dpkd.trainers.distillation import TOPK_INDICES, TOPK_LOGPROBS
+from hf_dpkd.trainers.dp import DPConfig, DPTrainer
+from hf_dpkd.trainers.dp_distillation import DPDistillationConfig, DPDistillationTrainer
+from hf_dpkd.trainers.losses import dp_forward_kwargs, kd_divergence
 from tests.dp_models import tiny_word_lm, tiny_word_tokenizer
 from tests.tolerances import assert_matches_reference
 
@@ -78,8 +79,8 @@ OPD = dict(dp_opd=True, kd_loss="jsd", on_policy_max_new_tokens=6, dp_opd_prompt
 
 
 def _opd(out, teacher, student=None, data=None, **kw):
-    args = DistillationConfig(output_dir=str(out), **{**BASE, "max_steps": 2, **OPD, **kw})
-    return DistillationTrainer(
+    args = DPDistillationConfig(output_dir=str(out), **{**BASE, "max_steps": 2, **OPD, **kw})
+    return DPDistillationTrainer(
         model=student if student is not None else _model(seed=3),
         teacher_model=teacher,
         args=args,
@@ -119,7 +120,7 @@ def test_dp_opd_composes_the_dp_teachers_release_and_trains(tmp_path, dp_teacher
     )
     # calibrated with the teacher's release composed: more noise than the same training with a free teacher
     free = _opd(tmp_path / "free", teacher, target_epsilon=2.0, teacher_is_public=True)
-    assert trainer.dp_noise_multiplier > free.dp_noise_multiplier * 1.02
+    assert trainer.dp_session.noise_multiplier > free.dp_session.noise_multiplier * 1.02
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     names = [r.name for r in trainer.privacy_ledger.releases]
@@ -202,15 +203,15 @@ def test_each_rows_rollout_and_loss_depend_on_that_row_only(tmp_path):
 
 def test_the_prompt_is_the_control_code_and_the_first_text_tokens():
     batch = COLLATE([DATA[i] for i in range(4)])
-    prompts = DistillationTrainer._dp_opd_prompts(batch, 2)
+    prompts = DPDistillationTrainer._dp_opd_prompts(batch, 2)
     for i, p in enumerate(prompts):
         n = int(batch["attention_mask"][i].sum())
         want = min(PROMPT + 2, n - 1)
         assert p.tolist() == batch["input_ids"][i][:want].tolist()
     # unmasked labels: no prefix, the first text tokens; a short row always leaves a token to continue
     short = COLLATE([{"input_ids": [4, 5, 1], "attention_mask": [1, 1, 1], "labels": [4, 5, 1]}])
-    assert DistillationTrainer._dp_opd_prompts(short, 1)[0].tolist() == [4]
-    assert DistillationTrainer._dp_opd_prompts(short, 8)[0].tolist() == [4, 5]
+    assert DPDistillationTrainer._dp_opd_prompts(short, 1)[0].tolist() == [4]
+    assert DPDistillationTrainer._dp_opd_prompts(short, 8)[0].tolist() == [4, 5]
 
 
 # -- 4. the whole per-example loss is clipped ---------------------------------------------------------------
@@ -279,7 +280,7 @@ def test_clipped_sum_equals_a_per_example_loop(tmp_path):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"dp_opd": True}, r"dp_opd=True is DP-OPD: DP-SGD on the student's rollouts of PRIVATE prompts"),
+        ({"dp_opd": True}, r"Give exactly one of target_epsilon"),  # DP-OPD is DP-SGD: no noise, no DP-OPD
         (
             {"dp_opd": True, "target_epsilon": 2.0, "on_policy_ratio": 0.5},
             r"on_policy_ratio=0.5 \(a share of steps, without DP only\) must be 0 or 1",
@@ -295,7 +296,7 @@ def test_clipped_sum_equals_a_per_example_loop(tmp_path):
 )
 def test_bad_config(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        DistillationConfig(output_dir=str(tmp_path), **{**BASE, **kwargs})
+        DPDistillationConfig(output_dir=str(tmp_path), **{**BASE, **kwargs})
 
 
 def test_bad_trainer_inputs(tmp_path):
@@ -307,7 +308,7 @@ def test_bad_trainer_inputs(tmp_path):
     )
     with pytest.raises(ValueError, match=r"dp_opd=True: the teacher scores the student's own rollouts"):
         _opd(tmp_path, teacher, data=cached, target_epsilon=2.0, teacher_is_public=True)
-    args = DistillationConfig(output_dir=str(tmp_path), target_epsilon=2.0, **{**BASE, **OPD})
+    args = DPDistillationConfig(output_dir=str(tmp_path), target_epsilon=2.0, **{**BASE, **OPD})
     assert args.privacy_release_name == "dp_opd"  # the default DPKD name is replaced by what ran
 
 

@@ -183,12 +183,12 @@ def test_the_secret_resume_state_stays_in_checkpoints(tmp_path):
 
 def test_training_stops_before_exceeding_the_budget(tmp_path):
     trainer = _trainer(tmp_path, target_epsilon=1.0, max_steps=4)
-    planned_sigma = trainer.dp_noise_multiplier
+    planned_sigma = trainer.dp_session.noise_multiplier
     trainer.args.max_steps = 40  # e.g. a user asks for more steps than were budgeted
     trainer.train()
     assert trainer.state.global_step < 40
     assert trainer.privacy_report()["epsilon"] <= 1.0
-    assert trainer.dp_noise_multiplier == planned_sigma
+    assert trainer.dp_session.noise_multiplier == planned_sigma
 
 
 def test_prior_ledger_entries_are_composed(tmp_path):
@@ -294,7 +294,7 @@ def test_delta_at_least_one_over_n_warns(tmp_path):
 
 
 def test_resume_point_skips_a_checkpoint_a_kill_interrupted(tmp_path):
-    from hf_dpkd.trainers.dp import last_complete_checkpoint
+    from hf_dpkd.trainers.checkpoints import last_complete_checkpoint
 
     assert last_complete_checkpoint(str(tmp_path / "missing")) is None
     for step, complete in ((1, True), (2, True), (10, False)):

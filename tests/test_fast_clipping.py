@@ -21,7 +21,8 @@ from hf_dpkd.privacy.bookkeeping import (
     unsupported_layers,
 )
 from hf_dpkd.privacy.engine import attach_grad_sampler, detach_grad_sampler, resolve_clipping_mode
-from hf_dpkd.trainers.dp import DPConfig, DPTrainer, dp_forward_kwargs, per_sequence_nll
+from hf_dpkd.trainers.dp import DPConfig, DPTrainer
+from hf_dpkd.trainers.losses import dp_forward_kwargs, per_sequence_nll
 from tests.dp_models import MODEL_FACTORIES, VOCAB, random_batch, reference_clipped_sum, tiny_gpt2
 from tests.test_dp_engine import T, _clipped_sum, _median_norm
 from tests.tolerances import assert_matches_reference

@@ -23,7 +23,8 @@ from hf_dpkd.pipeline import COMPLETE, load_model_and_tokenizer
 from hf_dpkd.privacy.accounting import PrivacyLedger, compute_epsilon
 from hf_dpkd.privacy.engine import CLIPPING_MODES, attach_grad_sampler, detach_grad_sampler
 from hf_dpkd.synthetic.generation import load_synthetic_dataset
-from hf_dpkd.trainers.dp import DPConfig, DPTrainer, dp_forward_kwargs
+from hf_dpkd.trainers.dp import DPConfig, DPTrainer
+from hf_dpkd.trainers.losses import dp_forward_kwargs
 from tests.dp_models import random_batch, reference_clipped_sum, tiny_gpt2, tiny_llama
 from tests.pipeline_runs import run_quick
 from tests.test_dp_engine import T, _clipped_sum, _median_norm

@@ -148,7 +148,7 @@ def test_bad_loss_inputs():
 def test_per_sequence_nll_matches_an_explicit_loop():
     """Each sequence's mean NLL of token t+1 given its prefix, over its own unmasked targets (labels -100
     skipped, a sequence with none gives 0); the labels are shifted, the logits are not copied."""
-    from hf_dpkd.trainers.dp import per_sequence_nll
+    from hf_dpkd.trainers.losses import per_sequence_nll
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 6, 11, generator=g, dtype=torch.float64)

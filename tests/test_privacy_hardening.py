@@ -18,8 +18,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, default_data_collator
 
 from hf_dpkd.hub import privacy_statement, write_model_card
 from hf_dpkd.privacy.accounting import PrivacyLedger, compute_epsilon, default_delta
-from hf_dpkd.trainers.distillation import TOPK_INDICES, TOPK_LOGPROBS, DistillationConfig, DistillationTrainer
+from hf_dpkd.trainers.distillation import TOPK_INDICES, TOPK_LOGPROBS
 from hf_dpkd.trainers.dp import DP_STATE_NAME, DPConfig, DPTrainer
+from hf_dpkd.trainers.dp_distillation import DPDistillationConfig, DPDistillationTrainer
 
 BASE = dict(
     per_device_train_batch_size=8,
@@ -63,8 +64,8 @@ def _dp_teacher(tmp_path, **kw):
 
 
 def _distiller(out, teacher, data=None, ledger=None, **kw):
-    args = DistillationConfig(output_dir=str(out), **{**BASE, "max_steps": 2, **kw})
-    return DistillationTrainer(
+    args = DPDistillationConfig(output_dir=str(out), **{**BASE, "max_steps": 2, **kw})
+    return DPDistillationTrainer(
         model=_model(seed=1, n_embd=8),
         teacher_model=teacher,
         args=args,
@@ -84,7 +85,7 @@ def test_dpkd_over_the_teachers_ledger_keeps_and_pays_for_the_teacher(tmp_path):
     )
     # calibrated against the teacher's release: more noise than the same training with nothing before it
     alone = _distiller(tmp_path / "alone", teacher, target_epsilon=2.0, teacher_is_public=True)
-    assert student.dp_noise_multiplier > alone.dp_noise_multiplier * 1.02  # 1.19 vs 1.16
+    assert student.dp_session.noise_multiplier > alone.dp_session.noise_multiplier * 1.02  # 1.19 vs 1.16
     student.train()
     names = [r.name for r in student.privacy_ledger.releases]
     assert names == [teacher_ledger.releases[0].name, "dp_distillation"]

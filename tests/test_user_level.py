@@ -19,7 +19,8 @@ from hf_dpkd.privacy.accounting import PrivacyLedger, compute_epsilon
 from hf_dpkd.privacy.engine import DPSGDOptimizer, attach_grad_sampler, detach_grad_sampler
 from hf_dpkd.privacy.sampling import PoissonBatchSampler
 from hf_dpkd.privacy.units import UnitIndex, UnitLayout, micro_batch_bounds
-from hf_dpkd.trainers.dp import DPConfig, DPTrainer, dp_forward_kwargs, per_sequence_nll
+from hf_dpkd.trainers.dp import DPConfig, DPTrainer
+from hf_dpkd.trainers.losses import dp_forward_kwargs, per_sequence_nll
 from tests.dp_models import MODEL_FACTORIES, VOCAB, random_batch
 from tests.tolerances import assert_matches_reference, reference_errors
 
@@ -217,9 +218,9 @@ def _trainer(tmp_path, ds, ledger=None, **kw):
 def test_trainer_counts_users_in_q_n_and_the_accountant(tmp_path, mode):
     ds = _user_dataset()  # 40 users, 120 rows
     trainer = _trainer(tmp_path / mode, ds, clipping_mode=mode)
-    assert trainer.dp_num_examples == 40 and trainer.dp_num_rows == 120
-    assert trainer.dp_sample_rate == pytest.approx(8 / 40)
-    assert trainer.dp_steps_per_epoch == 5
+    assert trainer.dp_session.num_examples == 40 and trainer.dp_session.num_rows == 120
+    assert trainer.dp_session.sample_rate == pytest.approx(8 / 40)
+    assert trainer.dp_session.steps_per_epoch == 5
     trainer.train()
     report = trainer.privacy_report()
     assert report["privacy_unit"] == "one user, identified by column user_id"
@@ -228,7 +229,7 @@ def test_trainer_counts_users_in_q_n_and_the_accountant(tmp_path, mode):
     assert release.sample_rate == pytest.approx(8 / 40) and release.meta["num_examples"] == 40
     assert release.meta["privacy_unit"] == report["privacy_unit"]
     expected = compute_epsilon(
-        [(trainer.dp_noise_multiplier, 8 / 40, trainer._dp_steps)], report["delta"], "prv"
+        [(trainer.dp_session.noise_multiplier, 8 / 40, trainer.dp_session.steps)], report["delta"], "prv"
     )
     assert report["epsilon"] == pytest.approx(expected) and report["epsilon"] <= 3.0
     assert report["delta"] == pytest.approx(min(1e-5, 1 / (10 * 40)))  # delta from the USER count
@@ -395,6 +396,6 @@ def test_text_dataset_keeps_its_unit_column(tmp_path):
         train_dataset=Dataset.from_dict({"text": texts, "user_id": users}),
         processing_class=tokenizer,
     )
-    assert trainer.dp_num_examples == 12 and trainer.dp_num_rows == len(texts)
+    assert trainer.dp_session.num_examples == 12 and trainer.dp_session.num_rows == len(texts)
     trainer.train()
     assert trainer.privacy_report()["steps"] == 2

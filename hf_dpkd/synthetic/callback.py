@@ -19,6 +19,7 @@ from hf_dpkd.privacy.accounting import LEDGER_FILENAME, PrivacyLedger
 from hf_dpkd.privacy.histogram import ControlCodeDistribution
 from hf_dpkd.synthetic.control_codes import ControlCodeFormat
 from hf_dpkd.synthetic.generation import SyntheticGenerationConfig, generate_synthetic_dataset, process_state
+from hf_dpkd.trainers.dp_config import adds_noise
 
 logger = logging.getLogger(__name__)
 #: Card wording of each distribution mode (see hf_dpkd.hub.write_dataset_card).
@@ -144,7 +145,7 @@ class SyntheticDataCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         """Fail before training, not after it, when the result could not be published as private."""
         dist = self._resolve_distribution(args)
-        dp = getattr(args, "dp_enabled", False) and not getattr(args, "disable_dp", False)
+        dp = adds_noise(args)
         if not dp and not self.allow_non_private:
             raise ValueError(
                 f"No privacy ledger will be written: {type(args).__name__} does not train with DP, so the "

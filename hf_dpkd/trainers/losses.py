@@ -8,10 +8,14 @@ log-softmax (student and teacher) exist at a time: peak memory does not scale wi
 Divergences follow trl's generalized JSD convention: beta = 0 is KL(teacher || student) ("forward",
 the paper's), beta = 1 is KL(student || teacher) ("reverse"), 0 < beta < 1 the generalized JSD with the
 mixture M = beta * teacher + (1 - beta) * student.
+
+The causal-LM helpers at the end (`dp_forward_kwargs`, `causal_lm_labels`, `per_sequence_nll`) build the
+per-example losses of DP-SGD: one example's value never depends on another example of the batch.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -154,3 +158,65 @@ def hidden_alignment_sums(
             per_pos = 1 - F.cosine_similarity(hs, ht, dim=-1)
         total = total + (per_pos * mask).sum(1)
     return total / len(projections.pairs)
+
+
+# -- causal-LM inputs and the per-example NLL ------------------------------------------------------
+def dp_forward_kwargs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Forward kwargs for a causal LM under per-sample hooks: contiguous ids and per-row position_ids [B, T].
+
+    Opacus needs a batch dimension on every input of a layer with trainable parameters; GPT-2 would
+    otherwise broadcast a [1, T] position tensor into its position embedding.
+    """
+    kwargs: dict[str, torch.Tensor] = {"input_ids": inputs["input_ids"].contiguous()}
+    attention_mask = inputs.get("attention_mask")
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if _accepts_position_ids(model):
+        if attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        else:
+            b, t = kwargs["input_ids"].shape
+            position_ids = torch.arange(t, device=kwargs["input_ids"].device).expand(b, t)
+        kwargs["position_ids"] = position_ids.contiguous()
+    return kwargs
+
+
+def _accepts_position_ids(model: nn.Module) -> bool:
+    forward = getattr(model, "forward", None)
+    inner = getattr(model, "_module", None)  # Opacus wrapper
+    if inner is not None:
+        forward = inner.forward
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "position_ids" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def causal_lm_labels(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`labels` if the collator made them, else input_ids with padding masked (-100)."""
+    labels = inputs.get("labels")
+    if labels is not None:
+        return labels
+    labels = inputs["input_ids"].clone()
+    if inputs.get("attention_mask") is not None:
+        labels[inputs["attention_mask"] == 0] = -100
+    return labels
+
+
+def per_sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of each sequence over its own non-masked tokens: shape [B].
+
+    One sample's value never depends on another sample (unlike HF's batch-mean `labels=` loss). The labels
+    are shifted (the last position gets -100), not the logits: slicing [B, T-1, V] logits would copy them
+    and scatter their gradient back into a zero [B, T, V] tensor, the largest tensors of the step.
+    """
+    shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        shift_labels.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    ).view(shift_labels.shape)
+    counts = (shift_labels != -100).sum(dim=1).clamp(min=1)
+    return nll.sum(dim=1) / counts
