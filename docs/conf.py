@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import os
 import sys
+import typing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def _field_help(app, what, name, obj, options, lines):
     DPConfig, DistillationConfig and the pipeline's argument classes document their fields in
     ``field(metadata={"help": ...})``, as HfArgumentParser expects, not in docstrings. Each field the class
     itself declares (inherited TrainingArguments fields are left out) becomes an ``attribute`` entry of the
-    class, with its type, its default and that text.
+    class, with its type (a ``Literal`` field: its choices), its default and that text.
     """
     if what != "class" or not dataclasses.is_dataclass(obj):
         return
@@ -67,6 +68,10 @@ def _field_help(app, what, name, obj, options, lines):
         lines.clear()  # the signature dataclasses writes when a class has no docstring
     own = obj.__dict__.get("__annotations__", {})
     fields = {f.name: f for f in dataclasses.fields(obj)}
+    try:
+        hints = typing.get_type_hints(obj)
+    except Exception:  # an annotation autodoc cannot resolve: show it as written
+        hints = {}
     entries = []
     for name in own:  # source order
         f = fields.get(name)
@@ -79,7 +84,12 @@ def _field_help(app, what, name, obj, options, lines):
             default = repr(f.default_factory())
         else:
             default = None
-        entries += ["", f".. attribute:: {f.name}", f"   :type: {f.type}"]
+        hint = hints.get(name)
+        if typing.get_origin(hint) is typing.Literal:  # a setting with fixed choices: list them
+            kind = f"Literal[{', '.join(repr(c) for c in typing.get_args(hint))}]"
+        else:
+            kind = f.type
+        entries += ["", f".. attribute:: {f.name}", f"   :type: {kind}"]
         if default is not None:
             entries.append(f"   :value: {default}")
         entries += ["", f"   {help_text}"]

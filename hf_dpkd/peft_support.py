@@ -14,12 +14,14 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from torch import nn
 
 ADAPTER_CONFIG = "adapter_config.json"
 #: peft choices of the pipeline's --teacher_peft / --student_peft.
-PEFT_METHODS = ("none", "lora")
+PeftMethod = Literal["none", "lora"]
+PEFT_METHODS: tuple[str, ...] = get_args(PeftMethod)
 #: GPT-2's attention and MLP projections (transformers' Conv1D): the demo's models and GPT-2 checkpoints.
 DEFAULT_TARGET_MODULES = ("c_attn", "c_proj", "c_fc")
 

@@ -6,14 +6,20 @@ command-line flags. Unknown recipe keys and malformed YAML are errors that name 
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, SchedulerType
+
+from hf_dpkd.peft_support import PeftMethod
+from hf_dpkd.privacy.accounting import Accountant
+from hf_dpkd.privacy.engine import ClippingMode
+from hf_dpkd.trainers.losses import KdLoss
 
 STAGES = ("data", "histogram", "teacher", "generate", "students", "evaluate", "audit", "push")
 METHODS = (
@@ -27,9 +33,43 @@ METHODS = (
     "dp_opd",
 )
 
+# Settings with fixed choices are Literal fields: HfArgumentParser gives them argparse `choices` (listed in
+# --help, refused on the command line) and `_Arguments.__post_init__` refuses the same values from a recipe
+# or a direct construction. The choices owned elsewhere (accountants, clipping modes, KD losses, peft
+# methods) are imported with their Literal; these are the pipeline's own.
+ControlCodeMode = Literal["dp", "uniform", "exact"]
+DpOpdTeacher = Literal["dp_half", "public"]
+#: transformers' learning-rate schedules (TrainingArguments.lr_scheduler_type).
+LrSchedulerType = Literal[tuple(s.value for s in SchedulerType)]
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+
+
+@functools.cache
+def _choices_of(cls: type) -> dict[str, tuple[str, ...]]:
+    """The choices of each Literal field of the dataclass `cls`."""
+    hints = get_type_hints(cls)
+    return {f.name: get_args(hints[f.name]) for f in fields(cls) if get_origin(hints[f.name]) is Literal}
+
+
+class _Arguments:
+    """Base of the argument dataclasses: a Literal field's value must be one of its choices.
+
+    argparse enforces `choices` on the command line only; a recipe (set as parser defaults), parse_dict or a
+    direct construction reaches the dataclass unchecked, so the check is here.
+    """
+
+    def __post_init__(self):
+        for name, choices in _choices_of(type(self)).items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"--{name} {value!r}: choose {_one_of(choices)}.")
+
 
 @dataclass
-class PipelineArguments:
+class PipelineArguments(_Arguments):
     run_dir: str = field(
         default="runs/demo", metadata={"help": "Run directory: every artifact of the run lives here."}
     )
@@ -57,12 +97,12 @@ class PipelineArguments:
             "help": "Delta of the guarantee (default min(1e-5, 1/(10 N)) for N private training examples)."
         },
     )
-    accountant: str = field(default="prv", metadata={"help": "Privacy accountant: prv, rdp or gdp."})
-    lr_scheduler_type: str = field(
+    accountant: Accountant = field(default="prv", metadata={"help": "Privacy accountant."})
+    lr_scheduler_type: LrSchedulerType = field(
         default="constant",
         metadata={
             "help": "Learning-rate schedule of every training of the run (teacher, students, DP or not), as in "
-            "TrainingArguments: constant, linear, cosine, ..."
+            "TrainingArguments."
         },
     )
     save_steps: int = field(
@@ -87,7 +127,7 @@ class PipelineArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(_Arguments):
     dataset: str = field(
         default="demo",
         metadata={
@@ -144,7 +184,7 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Cap on private training examples."}
     )
-    control_code_distribution: str = field(
+    control_code_distribution: ControlCodeMode = field(
         default="dp",
         metadata={
             "help": "Distribution of control codes to generate: dp (noisy private histogram, in the ledger), "
@@ -158,7 +198,7 @@ class DataArguments:
 
 
 @dataclass
-class TeacherArguments:
+class TeacherArguments(_Arguments):
     dp_teacher: str | None = field(
         default=None,
         metadata={
@@ -205,27 +245,25 @@ class TeacherArguments:
             "help": "Epochs of the non-private reference teacher (recipes/demo_full.yaml: 8, to show memorisation)."
         },
     )
-    clipping_mode: str = field(
+    clipping_mode: ClippingMode = field(
         default="auto",
         metadata={
             "help": "DP-SGD clipping mode (see DPConfig): auto = bookkeeping where supported (fastest)."
         },
     )
-    teacher_peft: str = field(
+    teacher_peft: PeftMethod = field(
         default="none",
         metadata={
             "help": "none (full DP-SGD fine-tuning) or lora: the DP teachers (teacher, and the DPKD / DP-OPD "
             "teacher) train only LoRA adapters with DP-SGD; generation and distillation use the adapter merged "
-            "into the public base teacher, and teacher/final holds the adapter with its privacy card.",
-            "choices": ["none", "lora"],
+            "into the public base teacher, and teacher/final holds the adapter with its privacy card."
         },
     )
-    student_peft: str = field(
+    student_peft: PeftMethod = field(
         default="none",
         metadata={
             "help": "none or lora: the same for the students trained with DP-SGD on the private data "
-            "(dp_sgd_student, dpkd, dp_opd). Non-private references and synthetic-data students stay full.",
-            "choices": ["none", "lora"],
+            "(dp_sgd_student, dpkd, dp_opd). Non-private references and synthetic-data students stay full."
         },
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (--teacher_peft/--student_peft lora)."})
@@ -252,7 +290,7 @@ class TeacherArguments:
 
 
 @dataclass
-class GenerationArguments:
+class GenerationArguments(_Arguments):
     synthetic_data: str | None = field(
         default=None,
         metadata={
@@ -292,7 +330,7 @@ class GenerationArguments:
 
 
 @dataclass
-class StudentArguments:
+class StudentArguments(_Arguments):
     student_epochs: float = field(default=3.0, metadata={"help": "Epochs over the synthetic data."})
     student_learning_rate: float = field(default=2e-3, metadata={"help": "Student learning rate."})
     student_batch_size: int = field(
@@ -302,7 +340,9 @@ class StudentArguments:
         default=0.4, metadata={"help": "Weight of the KD term (1-lambda on CE); paper 0.4."}
     )
     kd_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature t (paper: 1)."})
-    kd_loss: str = field(default="forward_kl", metadata={"help": "forward_kl (paper), reverse_kl or jsd."})
+    kd_loss: KdLoss = field(
+        default="forward_kl", metadata={"help": "Distillation divergence (paper: forward_kl)."}
+    )
     alpha_hidden: float = field(default=0.0, metadata={"help": "Weight of the hidden-state alignment term."})
     on_policy_epochs: float = field(
         default=2.0,
@@ -314,13 +354,12 @@ class StudentArguments:
     dp_student_epochs: float = field(
         default=3.0, metadata={"help": "DP-SGD epochs of private-data students."}
     )
-    dp_opd_teacher: str = field(
+    dp_opd_teacher: DpOpdTeacher = field(
         default="dp_half",
         metadata={
             "help": "Teacher of the dp_opd method: 'dp_half' (DP-SGD at epsilon/2 on the private data, the dpkd "
             "teacher; its release is composed, so the student gets the other half) or 'public' (the public base "
-            "teacher, which never saw the private data: the student gets all of epsilon).",
-            "choices": ["dp_half", "public"],
+            "teacher, which never saw the private data: the student gets all of epsilon)."
         },
     )
     dp_opd_prompt_tokens: int = field(
@@ -335,11 +374,7 @@ class StudentArguments:
     )
 
     def __post_init__(self):
-        if self.dp_opd_teacher not in ("dp_half", "public"):
-            raise ValueError(
-                f"--dp_opd_teacher {self.dp_opd_teacher!r}: choose dp_half (a DP teacher at epsilon/2, composed) or "
-                "public (the public base teacher)."
-            )
+        super().__post_init__()
         if self.dp_opd_prompt_tokens < 0 or self.dp_opd_max_new_tokens < 1:
             raise ValueError(
                 f"--dp_opd_prompt_tokens {self.dp_opd_prompt_tokens} must be >= 0 and --dp_opd_max_new_tokens "
@@ -348,7 +383,7 @@ class StudentArguments:
 
 
 @dataclass
-class AuditArguments:
+class AuditArguments(_Arguments):
     audit_num_records: int = field(
         default=200,
         metadata={
@@ -372,7 +407,7 @@ class AuditArguments:
 
 
 @dataclass
-class HubArguments:
+class HubArguments(_Arguments):
     push_teacher: str | None = field(
         default=None, metadata={"help": "Hub repo id to push the DP teacher to."}
     )
@@ -623,8 +658,6 @@ def validate_run_config(config: RunConfig) -> None:
         raise ValueError(f"--target_epsilon {p.target_epsilon}: must be > 0 (the paper uses 2.0).")
     if p.target_delta is not None and not 0 < p.target_delta < 1:
         raise ValueError(f"--target_delta {p.target_delta}: must lie strictly between 0 and 1 (e.g. 1e-6).")
-    if p.accountant not in ("prv", "rdp", "gdp"):
-        raise ValueError(f"--accountant {p.accountant!r}: choose prv, rdp or gdp.")
     if p.repeats < 1:
         raise ValueError(f"--repeats {p.repeats}: must be >= 1 (the number of independent DP draws).")
     h = config.hub
@@ -638,10 +671,6 @@ def validate_run_config(config: RunConfig) -> None:
             f"--cpu_threads {p.cpu_threads}: must be >= 1 (or left unset for every usable core)."
         )
     d = config.data
-    if d.control_code_distribution not in ("dp", "uniform", "exact"):
-        raise ValueError(
-            f"--control_code_distribution {d.control_code_distribution!r}: choose dp, uniform or exact."
-        )
     if d.control_domain is not None:
         parse_control_domain(d.control_domain)
     from hf_dpkd.privacy.units import check_unit_settings
@@ -665,9 +694,6 @@ def validate_run_config(config: RunConfig) -> None:
     parse_shape(t.demo_student_shape, "--demo_student_shape")
     if not t.per_sample_max_grad_norm > 0:
         raise ValueError(f"--per_sample_max_grad_norm {t.per_sample_max_grad_norm}: must be > 0 (e.g. 1.0).")
-    for name in ("teacher_peft", "student_peft"):
-        if getattr(t, name) not in ("none", "lora"):
-            raise ValueError(f"--{name} {getattr(t, name)!r}: choose none (full fine-tuning) or lora.")
     t.lora_settings()
     for name in (
         "teacher_epochs",

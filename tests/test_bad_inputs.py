@@ -284,8 +284,10 @@ CASES = [
         _parse("--per_sample_max_grad_norm", "-1"),
         r"--per_sample_max_grad_norm -1.0: must be > 0 \(e.g. 1.0\)",
     ),
-    Case(
-        "cli-accountant", _parse("--accountant", "moments"), r"--accountant 'moments': choose prv, rdp or gdp"
+    Case(  # on the command line the parser refuses it (test_the_command_line_prints_the_message_and_exits_2)
+        "recipe-accountant",
+        _with_recipe("accountant: moments\n"),
+        r"--accountant 'moments': choose prv, rdp or gdp",
     ),
     Case(
         "cli-num-samples", _parse("--num_synthetic_samples", "0"), r"--num_synthetic_samples 0: must be > 0"
@@ -299,8 +301,8 @@ CASES = [
         r"--kd_temperature 0.0: must be > 0 \(paper: 1.0\)",
     ),
     Case(
-        "cli-code-distribution",
-        _parse("--control_code_distribution", "private"),
+        "recipe-code-distribution",
+        _with_recipe("control_code_distribution: private\n"),
         r"--control_code_distribution 'private': choose dp, uniform or exact",
     ),
     Case("cli-epochs", _parse("--teacher_epochs", "0"), r"--teacher_epochs 0.0: must be > 0"),
@@ -499,6 +501,10 @@ def test_a_run_that_failed_on_bad_input_reruns_with_the_fix(tmp_path):
         (["--seed", "abc"], r"argument --seed: invalid int value: 'abc'"),
         (["--target_epsilon", "-3"], r"error: --target_epsilon -3.0: must be > 0"),
         (["--config", "missing.yaml"], r"error: --config missing.yaml: no such recipe file"),
+        (
+            ["--accountant", "moments"],
+            r"argument --accountant: invalid choice: 'moments' \(choose from '?prv'?, '?rdp'?, '?gdp'?\)",
+        ),
     ],
 )
 def test_the_command_line_prints_the_message_and_exits_2(argv, expected, tmp_path, capsys):

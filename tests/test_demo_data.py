@@ -241,3 +241,22 @@ def test_users_write_one_to_forty_reviews_and_each_canary_has_its_own(demo):
         assert len(rows) == canary["repeats"] and {r["text"] for r in rows} == {canary["text"]}
     users = {s: set(demo.dataset[s]["user_id"]) for s in ("train", "validation", "test")}
     assert not users["train"] & users["test"] and not users["train"] & users["validation"]
+
+
+def test_the_word_lists_are_package_data():
+    """demo_words.json ships in the wheel (pyproject's package-data) and loads through importlib.resources."""
+    import tomllib
+    from fnmatch import fnmatch
+    from importlib import resources
+    from pathlib import Path
+
+    from hf_dpkd.data import demo as demo_module
+
+    words = resources.files("hf_dpkd.data").joinpath(demo_module.WORDS_FILE)
+    assert words.is_file()
+    assert [c.name for c in PRIVATE_CATEGORIES] == [
+        c["name"] for c in json.loads(words.read_text())["private_categories"]
+    ]
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["hf_dpkd"]
+    assert any(fnmatch(f"data/{demo_module.WORDS_FILE}", g) for g in globs), globs

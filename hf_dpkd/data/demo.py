@@ -15,8 +15,10 @@ Everything is a pure function of the seed.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -48,258 +50,6 @@ class CategorySpec:
     star_shift: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
-def _c(name, weight, items, staff, aspects, visit, details, star_shift=(0.0,) * 5) -> CategorySpec:
-    return CategorySpec(
-        name, weight, tuple(items), tuple(staff), tuple(aspects), tuple(visit), tuple(details), star_shift
-    )
-
-
-PRIVATE_CATEGORIES: tuple[CategorySpec, ...] = (
-    _c(
-        "Restaurants",
-        0.27,
-        ["pasta", "steak", "burger", "salad", "soup", "dessert", "fries", "curry", "tacos", "roast chicken"],
-        ["waiter", "chef", "host", "server", "manager"],
-        ["dining room", "patio", "menu", "portions", "wine list", "table"],
-        ["We ordered the", "I had the", "My husband got the", "We shared the"],
-        [
-            "We waited {n} minutes for a table.",
-            "The portions were huge and we took half home.",
-            "Reservations are a must on weekends.",
-            "The specials change every week.",
-        ],
-    ),
-    _c(
-        "Bars",
-        0.12,
-        ["cocktails", "beer", "wine", "whiskey", "nachos", "wings", "margaritas", "sliders"],
-        ["bartender", "bouncer", "server", "DJ"],
-        ["dance floor", "terrace", "happy hour", "jukebox", "pool table"],
-        ["We ordered the", "I had the", "We split the"],
-        [
-            "Happy hour runs until {n} and the drinks are half off.",
-            "The music was loud and the place was packed.",
-            "There is a trivia night every Wednesday.",
-            "They have {n} beers on tap.",
-        ],
-        (0.0, 0.1, 0.2, 0.2, -0.2),
-    ),
-    _c(
-        "Coffee & Tea",
-        0.1,
-        ["latte", "espresso", "green tea", "croissant", "muffin", "cold brew", "chai", "scone"],
-        ["barista", "cashier"],
-        ["seating", "wifi", "window seat", "line", "outlets"],
-        ["I grabbed the", "I ordered the", "I picked up the"],
-        [
-            "It is a great spot to work on a laptop.",
-            "The line was {n} people deep at eight in the morning.",
-            "They roast their own beans.",
-            "Oat milk costs extra.",
-        ],
-        (-0.3, -0.2, 0.0, 0.2, 0.2),
-    ),
-    _c(
-        "Bakeries",
-        0.08,
-        ["sourdough", "cupcakes", "bagels", "pie", "cookies", "birthday cake", "cinnamon rolls", "baguette"],
-        ["baker", "clerk"],
-        ["display case", "counter", "shelves", "bread basket"],
-        ["I picked up the", "We bought the", "I ordered the"],
-        [
-            "Everything is baked fresh every morning.",
-            "They sell out of the best stuff by noon.",
-            "I ordered a custom cake {n} days ahead.",
-            "The whole block smells like fresh bread.",
-        ],
-        (-0.4, -0.2, 0.0, 0.1, 0.4),
-    ),
-    _c(
-        "Pizza",
-        0.09,
-        [
-            "pepperoni pizza",
-            "crust",
-            "garlic knots",
-            "calzone",
-            "margherita",
-            "white pie",
-            "meat lovers slice",
-        ],
-        ["delivery driver", "cook", "cashier"],
-        ["brick oven", "booth", "takeout window", "slice counter"],
-        ["We ordered the", "I got the", "We had the"],
-        [
-            "Delivery took {n} minutes.",
-            "The cheese was stretchy and the sauce was sweet.",
-            "They sell it by the slice at lunch.",
-            "The pie came out of a wood fired oven.",
-        ],
-    ),
-    _c(
-        "Sushi Bars",
-        0.07,
-        ["salmon nigiri", "tuna roll", "miso soup", "sashimi", "edamame", "dragon roll", "omakase"],
-        ["sushi chef", "server"],
-        ["sushi bar", "conveyor belt", "booth", "tatami room"],
-        ["We ordered the", "I tried the", "We went for the"],
-        [
-            "The fish is flown in {n} times a week.",
-            "Sit at the bar and watch the chef work.",
-            "The rice was seasoned just right.",
-            "All you can eat is only at lunch.",
-        ],
-    ),
-    _c(
-        "Hair Salons",
-        0.08,
-        ["haircut", "color", "blowout", "highlights", "trim", "balayage", "perm"],
-        ["stylist", "receptionist", "colorist"],
-        ["chair", "waiting area", "mirror", "shampoo sink"],
-        ["I booked the", "I came in for the", "I went for the"],
-        [
-            "My appointment ran {n} minutes late.",
-            "She listened to exactly what I wanted.",
-            "They offered me coffee while the color set.",
-            "Booking online was simple.",
-        ],
-        (0.1, -0.1, -0.3, 0.0, 0.3),
-    ),
-    _c(
-        "Gyms",
-        0.07,
-        ["classes", "weights", "treadmills", "yoga session", "spin class", "personal training", "sauna"],
-        ["trainer", "front desk staff", "coach"],
-        ["locker room", "showers", "gym floor", "studio", "parking lot"],
-        ["I signed up for the", "I tried the", "I have been going for the"],
-        [
-            "The membership is {n} dollars a month.",
-            "Cancelling the contract was a nightmare.",
-            "It gets crowded after five.",
-            "They wipe down the machines every hour.",
-        ],
-        (0.3, 0.1, 0.0, 0.0, -0.1),
-    ),
-    _c(
-        "Dentists",
-        0.06,
-        ["cleaning", "filling", "x-rays", "whitening", "checkup", "crown", "root canal"],
-        ["dentist", "hygienist", "receptionist"],
-        ["waiting room", "office", "exam chair", "billing"],
-        ["I came in for the", "I scheduled the", "I needed the"],
-        [
-            "They took my insurance without any trouble.",
-            "The visit took {n} minutes.",
-            "They explained every step before starting.",
-            "They sent a reminder text the day before.",
-        ],
-        (0.2, -0.3, -0.4, -0.1, 0.4),
-    ),
-    _c(
-        "Plumbing",
-        0.06,
-        ["leak repair", "water heater", "drain cleaning", "new faucet", "toilet repair", "sewer line"],
-        ["plumber", "dispatcher", "technician"],
-        ["estimate", "invoice", "kitchen sink", "basement"],
-        ["I called them for the", "They came out for the", "I hired them for the"],
-        [
-            "They showed up within {n} hours.",
-            "The quote was fair and there were no surprises.",
-            "He put on shoe covers before coming in.",
-            "They charged a {n} dollar trip fee.",
-        ],
-        (0.5, 0.0, -0.4, -0.2, 0.3),
-    ),
-)
-
-PUBLIC_CATEGORIES: tuple[CategorySpec, ...] = (
-    _c(
-        "Hotels",
-        0.25,
-        ["room", "bed", "breakfast buffet", "pool", "suite", "room service"],
-        ["concierge", "housekeeper", "desk clerk", "bellhop"],
-        ["lobby", "hallway", "elevator", "view", "parking garage"],
-        ["We booked the", "We stayed in the", "I reserved the"],
-        [
-            "Check in took {n} minutes.",
-            "The walls were thin and we heard everything.",
-            "The view from the {n}th floor was great.",
-            "They let us check out late.",
-        ],
-    ),
-    _c(
-        "Auto Repair",
-        0.2,
-        ["oil change", "brakes", "tires", "alignment", "engine check", "transmission"],
-        ["mechanic", "service advisor"],
-        ["garage", "waiting room", "invoice", "lot"],
-        ["I brought my car in for the", "I took the truck in for the", "I scheduled the"],
-        [
-            "They had the car ready in {n} hours.",
-            "They showed me the worn parts.",
-            "The quote matched the final bill.",
-            "They offered a ride home.",
-        ],
-    ),
-    _c(
-        "Pet Services",
-        0.15,
-        ["grooming", "boarding", "nail trim", "bath", "dog walking", "daycare"],
-        ["groomer", "vet tech", "walker"],
-        ["kennel", "front desk", "play area", "lobby"],
-        ["I dropped my dog off for the", "We booked the", "I brought the cat in for the"],
-        [
-            "They sent photos while he stayed {n} nights.",
-            "My dog was happy to go back.",
-            "They remembered her name.",
-            "The yard is fenced and clean.",
-        ],
-    ),
-    _c(
-        "Museums",
-        0.15,
-        ["exhibit", "gallery", "tour", "sculptures", "gift shop", "audio guide"],
-        ["guide", "docent", "guard"],
-        ["hall", "entrance", "cafe", "garden"],
-        ["We took the", "We paid for the", "I visited the"],
-        [
-            "We spent {n} hours there.",
-            "Entry is free on the first Sunday.",
-            "The kids loved the hands on section.",
-            "Bags must be checked at the door.",
-        ],
-    ),
-    _c(
-        "Grocery",
-        0.15,
-        ["produce", "bakery aisle", "deli counter", "frozen section", "cheese selection", "meat counter"],
-        ["cashier", "bagger", "stock clerk"],
-        ["checkout", "parking lot", "aisles", "self checkout"],
-        ["I stopped in for the", "I checked out the", "I went straight to the"],
-        [
-            "Only {n} registers were open.",
-            "Prices are a bit higher than elsewhere.",
-            "They have a good bulk section.",
-            "The carts are always dirty.",
-        ],
-    ),
-    _c(
-        "Nail Salons",
-        0.1,
-        ["manicure", "pedicure", "gel polish", "acrylics", "nail art"],
-        ["nail tech", "receptionist"],
-        ["pedicure chair", "polish wall", "waiting area"],
-        ["I came in for the", "I booked the", "We got the"],
-        [
-            "The polish lasted {n} days.",
-            "They were fast but a bit rough.",
-            "Walk ins are welcome.",
-            "They sanitize the tools after every client.",
-        ],
-    ),
-)
-
-
 @dataclass(frozen=True)
 class Sentiment:
     """How a review with a given star rating sounds."""
@@ -310,55 +60,30 @@ class Sentiment:
     verdicts: tuple[str, ...]  # e.g. "{Staff} was {adj}." style lines
 
 
-SENTIMENT: dict[str, Sentiment] = {
-    "1.0": Sentiment(
-        ("terrible", "awful", "disgusting", "rude", "horrible", "filthy", "cold"),
-        ("Where do I even start.", "This was the worst experience I have had in years.", "Stay away."),
-        ("I will never come back.", "Avoid this place.", "What a waste of money.", "Zero stars if I could."),
-        (
-            "Nobody apologized.",
-            "I asked for a refund and they laughed.",
-            "I left angry and hungry for answers.",
-        ),
-    ),
-    "2.0": Sentiment(
-        ("disappointing", "slow", "bland", "overpriced", "sloppy", "mediocre"),
-        ("I wanted to like this place.", "I had high hopes.", "Not what I expected."),
-        ("Probably not coming back.", "Not worth it.", "I expected much more.", "Meh overall."),
-        ("It was not terrible but it was not good either.", "Too many small problems added up."),
-    ),
-    "3.0": Sentiment(
-        ("okay", "average", "decent", "fine", "ordinary", "hit or miss"),
-        ("It was alright.", "Mixed feelings about this one.", "Solidly in the middle."),
-        ("Might try again.", "Some good, some bad.", "Nothing special.", "It does the job."),
-        ("Some things were great and some were not.", "It was about what you would expect for the price."),
-    ),
-    "4.0": Sentiment(
-        ("good", "tasty", "friendly", "clean", "solid", "pleasant"),
-        ("Really nice experience.", "Glad we tried this place.", "Pleasantly surprised."),
-        ("I would come back.", "Pretty happy overall.", "Recommended.", "Worth a visit."),
-        ("Just a few small things kept it from five stars.", "Service was quick and friendly."),
-    ),
-    "5.0": Sentiment(
-        ("amazing", "perfect", "wonderful", "fantastic", "outstanding", "incredible"),
-        ("Wow.", "I cannot say enough good things.", "Hands down the best in town."),
-        ("Best in town!", "Absolutely love it!", "Five stars, no doubt!", "Cannot wait to return!"),
-        ("Everything was perfect from start to finish.", "They went above and beyond for us."),
-    ),
-}
-#: Sentences about the visit that do not depend on the codes (shared by every category and rating).
-FILLER = (
-    "We went on a Tuesday.",
-    "It was busy that night.",
-    "My friend recommended it.",
-    "Parking was easy.",
-    "We came with the whole family.",
-    "I stopped by after work.",
-    "It was my first visit.",
-    "I have been here {n} times now.",
-    "We found it on a map while driving around.",
-    "It is close to my office.",
+#: The corpus's words, package data next to this module: each category's :class:`CategorySpec` fields (no
+#: ``star_shift``: none), each star rating's :class:`Sentiment`, and the filler sentences about the visit,
+#: which do not depend on the codes (shared by every category and rating).
+WORDS_FILE = "demo_words.json"
+
+
+def _load_words() -> dict[str, Any]:
+    return json.loads(resources.files("hf_dpkd.data").joinpath(WORDS_FILE).read_text(encoding="utf-8"))
+
+
+def _tuples(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+
+
+_WORDS = _load_words()
+PRIVATE_CATEGORIES: tuple[CategorySpec, ...] = tuple(
+    CategorySpec(**_tuples(c)) for c in _WORDS["private_categories"]
 )
+PUBLIC_CATEGORIES: tuple[CategorySpec, ...] = tuple(
+    CategorySpec(**_tuples(c)) for c in _WORDS["public_categories"]
+)
+SENTIMENT: dict[str, Sentiment] = {stars: Sentiment(**_tuples(s)) for stars, s in _WORDS["sentiment"].items()}
+FILLER: tuple[str, ...] = tuple(_WORDS["filler"])
+
 #: Sentence templates about one item / staff member / aspect with a star-dependent adjective.
 TEMPLATES = (
     "The {item} {was} {adj}.",

@@ -14,12 +14,14 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from hf_dpkd._io import atomic_write_text
 from hf_dpkd.privacy import calibration_cache
 
-ACCOUNTANTS = ("prv", "rdp", "gdp")
+#: The accountants (the pipeline's --accountant choices).
+Accountant = Literal["prv", "rdp", "gdp"]
+ACCOUNTANTS: tuple[str, ...] = get_args(Accountant)
 #: Mechanism name of fixed-size uniform subsampling (``poisson_sampling=False``).
 UNIFORM = "uniform_subsampled_gaussian"
 #: Mechanism name of something computed from the private data WITHOUT differential privacy (the exact

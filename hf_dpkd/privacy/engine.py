@@ -33,6 +33,7 @@ import functools
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -54,7 +55,8 @@ from hf_dpkd.privacy.bookkeeping import (
 )
 from hf_dpkd.privacy.units import UnitLayout
 
-CLIPPING_MODES = ("hooks", "ghost", "bookkeeping", "auto")
+ClippingMode = Literal["hooks", "ghost", "bookkeeping", "auto"]
+CLIPPING_MODES: tuple[str, ...] = get_args(ClippingMode)
 
 # Opacus' full backward hooks fire on embedding layers whose inputs are integer ids; harmless.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")

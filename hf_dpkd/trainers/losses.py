@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+KdLoss = Literal["forward_kl", "reverse_kl", "jsd"]
+KD_LOSSES: tuple[str, ...] = get_args(KdLoss)
 
 
 def _divergence(s_logp: torch.Tensor, t_logp: torch.Tensor, beta: float) -> torch.Tensor:
