@@ -21,6 +21,7 @@ from hf_dpkd.trainers.inputs import with_trl_formats
 from hf_dpkd.trainers.losses import (
     KD_LOSSES,
     HiddenProjections,
+    KdLoss,
     causal_lm_labels,
     cross_entropy_sums,
     dp_forward_kwargs,
@@ -48,9 +49,7 @@ class DistillationConfig(TrainingArguments):
     temperature: float = field(
         default=1.0, metadata={"help": "Distillation temperature t (the KD term is scaled by t^2)."}
     )
-    kd_loss: Literal[KD_LOSSES] = field(
-        default="forward_kl", metadata={"help": "forward_kl (paper), reverse_kl or jsd."}
-    )
+    kd_loss: KdLoss = field(default="forward_kl", metadata={"help": "forward_kl (paper), reverse_kl or jsd."})
     jsd_beta: float = field(
         default=0.5, metadata={"help": "Mixture weight of the generalized JSD (kd_loss='jsd')."}
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from transformers import TrainingArguments
 
-from hf_dpkd.privacy.accounting import ACCOUNTANTS
-from hf_dpkd.privacy.engine import CLIPPING_MODES
+from hf_dpkd.privacy.accounting import ACCOUNTANTS, Accountant
+from hf_dpkd.privacy.engine import CLIPPING_MODES, ClippingMode
 from hf_dpkd.privacy.units import check_unit_settings
 
 #: Trainer hub strategies that upload checkpoints (which hold the secret DP state): refused under DP.
@@ -54,7 +54,7 @@ class DPConfig(TrainingArguments):
     per_sample_max_grad_norm: float = field(
         default=1.0, metadata={"help": "Clip norm C of each example's gradient (DP-SGD sensitivity)."}
     )
-    accountant: Literal[ACCOUNTANTS] = field(
+    accountant: Accountant = field(
         default="prv",
         metadata={
             "help": "Privacy accountant: 'prv' (tightest), 'rdp' or 'gdp' (also accounts poisson_sampling=False)."
@@ -74,7 +74,7 @@ class DPConfig(TrainingArguments):
             "Default: per_device_train_batch_size."
         },
     )
-    clipping_mode: Literal[CLIPPING_MODES] = field(
+    clipping_mode: ClippingMode = field(
         default="auto",
         metadata={
             "help": "Per-sample clipping: 'hooks' (per-sample gradients; any layer), 'ghost' (per-sample "
