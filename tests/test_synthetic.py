@@ -145,7 +145,7 @@ def test_generation_exact_count_schema_and_determinism(tmp_path):
         fmt=FMT,
         generation=GEN,
         seed=3,
-        shard_prompts=8,
+        shard_size=8,
         show_progress=False,
     )
     b = generate_synthetic_dataset(
@@ -157,7 +157,7 @@ def test_generation_exact_count_schema_and_determinism(tmp_path):
         fmt=FMT,
         generation=GEN,
         seed=3,
-        shard_prompts=8,
+        shard_size=8,
         show_progress=False,
     )
     assert len(a) == 70 and a.column_names == ["category", "stars", "text"]
@@ -217,7 +217,7 @@ def delayed(*a, **k):
 g._generate_shard = delayed
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1]); tok = AutoTokenizer.from_pretrained(sys.argv[1])
 ds = generate_synthetic_dataset(model, tok, uniform_distribution(FMT, DOMAIN), 60, sys.argv[2], fmt=FMT,
-    generation=SyntheticGenerationConfig(max_length=24, min_words=1), seed=5, shard_prompts=4, show_progress=False)
+    generation=SyntheticGenerationConfig(max_length=24, min_words=1), seed=5, shard_size=4, show_progress=False)
 print("ROWS", len(ds))
 """
 

@@ -346,18 +346,16 @@ def generate_synthetic_dataset(
     shard_size: int = 256,
     filters: Sequence[str | Callable[[str], bool]] | None = None,
     show_progress: bool = True,
-    shard_prompts: int | None = None,
 ) -> Dataset:
     """Generate exactly `num_samples` filtered synthetic texts into `output_dir` (resumable) and return them.
 
     `batch_size`: prompts per `generate` call (each gives `num_return_sequences` texts). `shard_size`:
-    prompts per shard file (`shard_prompts` is its older name). `filters`: names among
+    prompts per shard file. `filters`: names among
     ("empty", "short", "duplicate") (default: all three) and/or callables ``text -> keep?``. Under several
     processes (accelerate/torchrun) every process generates its shards and every process returns the dataset;
     the main process writes ``data/train-00000-of-00001.parquet`` and ``generation_info.json``.
     """
     gen = generation or SyntheticGenerationConfig()
-    shard_size = shard_prompts if shard_prompts is not None else shard_size
     filters = list(DEFAULT_FILTERS if filters is None else filters)
     filter_names = _filter_names(filters)
     _check_inputs(model, tokenizer, distribution, num_samples, fmt, gen, batch_size, shard_size)
