@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-STAGES = ("data", "histogram", "teacher", "generate", "students", "evaluate", "audit", "push")
+from hf_dpkd.pipeline.stages import STAGES  # the stage registry: --stages is checked and listed from it
+
 METHODS = (
     "non_private_teacher",
     "non_private_student",
