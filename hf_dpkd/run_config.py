@@ -17,11 +17,11 @@ import yaml
 from transformers import HfArgumentParser, SchedulerType
 
 from hf_dpkd.peft_support import PeftMethod
+from hf_dpkd.pipeline.stages import STAGES  # the stage registry: --stages is checked and listed from it
 from hf_dpkd.privacy.accounting import Accountant
 from hf_dpkd.privacy.engine import ClippingMode
 from hf_dpkd.trainers.losses import KdLoss
 
-STAGES = ("data", "histogram", "teacher", "generate", "students", "evaluate", "audit", "push")
 METHODS = (
     "non_private_teacher",
     "non_private_student",

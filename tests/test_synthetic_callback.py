@@ -1,4 +1,3 @@
-
 """SyntheticDataCallback on DPTrainer: the dataset, its card, the ledger's epsilon, refusals, push."""
 
 import json
