@@ -1,0 +1,197 @@
+"""Pushes of artifact folders to the Hub, the private-data marker that blocks them, and Hub ids."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi
+
+from hf_dpkd._io import atomic_write_text
+
+#: Name of the marker file that flags a directory as holding raw private records (never pushed).
+PRIVATE_DATA_MARKER = ".hf_dpkd_private"
+REPO_TYPES = ("model", "dataset")
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_REPO_ID_RE = re.compile(rf"{_NAME}/{_NAME}")
+
+
+class HubPushError(RuntimeError):
+    """A push to the Hub failed; the local folder is untouched and re-running the push resumes it."""
+
+    def __init__(self, message: str, *, repo_id: str, folder: Path, stage: str):
+        super().__init__(message)
+        self.repo_id, self.folder, self.stage = repo_id, folder, stage
+
+
+def mark_private_data(directory: str | Path) -> Path:
+    """Drop the :data:`PRIVATE_DATA_MARKER` file into `directory` so that it can never be pushed."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(
+        directory / PRIVATE_DATA_MARKER,
+        "This directory holds raw private records. hf_dpkd refuses to push any folder containing this file.\n",
+    )
+
+
+def find_private_markers(folder: str | Path) -> list[Path]:
+    """Every :data:`PRIVATE_DATA_MARKER` file under `folder` (hidden directories included)."""
+    return sorted(
+        Path(root) / PRIVATE_DATA_MARKER for root, _, files in os.walk(folder) if PRIVATE_DATA_MARKER in files
+    )
+
+
+def validate_repo_id(repo_id: Any) -> str:
+    """Return `repo_id` if it has the Hub's 'namespace/name' form; raise a ValueError naming the fix otherwise."""
+    ok = (
+        isinstance(repo_id, str)
+        and _REPO_ID_RE.fullmatch(repo_id) is not None
+        and "--" not in repo_id
+        and ".." not in repo_id
+        and not repo_id.endswith(".git")
+    )
+    if not ok:
+        raise ValueError(
+            f"repo_id={repo_id!r} is not a valid Hub repository id: expected 'namespace/name' (your user or "
+            "organization, a slash, the repository name; e.g. 'my-user/dpkd-teacher'). Names use letters, "
+            "digits, '-', '_' and '.', at most 96 characters, without leading/trailing '-' or '.', '--' or '..'."
+        )
+    return repo_id
+
+
+_STAGES = (
+    ("/preupload/", "asking the Hub how to upload each file (preupload)"),
+    ("/info/lfs/objects/batch", "requesting LFS upload instructions (LFS batch API)"),
+    ("/api/validate-yaml", "validating the README.md metadata"),
+    ("/commit/", "creating the commit (file contents were sent, but no commit was recorded)"),
+)
+
+
+def _failure_stage(exc: BaseException) -> str:
+    """Which step of an upload failed, read from the failing request's URL in the exception chain."""
+    seen: set[int] = set()
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    urls = []
+    for err in chain:
+        try:
+            response = getattr(err, "response", None)
+            urls.append(str(response.request.url) if response is not None else str(err.request.url))  # type: ignore[attr-defined]
+        except Exception:
+            continue
+    for url in urls:
+        for pattern, stage in _STAGES:
+            if pattern in url:
+                return stage
+    if any("Error while uploading" in str(err) for err in chain):
+        return "uploading large files (LFS)"
+    return f"uploading the folder ({urls[0].split('?')[0]})" if urls else "uploading the folder"
+
+
+def push_folder_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    repo_type: str = "model",
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    allow_patterns: list[str] | str | None = None,
+    ignore_patterns: list[str] | str | None = None,
+) -> str:
+    """Create `repo_id` if needed and upload `folder` to it in one commit; return the repository URL.
+
+    Refuses folders containing :data:`PRIVATE_DATA_MARKER`. Never deletes or modifies local files; an HTTP
+    failure raises :class:`HubPushError` naming the repo and the failed step, and re-running the same push
+    completes it (files the Hub already holds are not uploaded again).
+    """
+    validate_repo_id(repo_id)
+    if repo_type not in REPO_TYPES:
+        raise ValueError(f"repo_type={repo_type!r} is not supported; use one of {', '.join(REPO_TYPES)}.")
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"folder={str(folder)!r} does not exist; pass the directory to push.")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"folder={str(folder)!r} is a file; pass the directory that contains it.")
+    markers = find_private_markers(folder)
+    if markers:
+        raise PermissionError(
+            f"folder={str(folder)!r} contains raw private data (marker file {markers[0]}"
+            f"{f' and {len(markers) - 1} more' if len(markers) > 1 else ''}); it will not be pushed. Push only the "
+            "artifacts (model folder, synthetic dataset). If this folder really may be published, delete the "
+            f"{PRIVATE_DATA_MARKER} marker file(s) first."
+        )
+    if not any(p.is_file() for p in folder.rglob("*")):
+        raise ValueError(f"folder={str(folder)!r} holds no files; nothing to push.")
+
+    api = HfApi(token=token)
+    where = f"the {repo_type} repo {repo_id!r}"
+    intact = (
+        f"Nothing was deleted or changed locally: the files in {folder} are intact. Re-run the same push to try "
+        "again; files the Hub already holds are not uploaded twice."
+    )
+    try:
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    except Exception as exc:
+        stage = "creating the repository"
+        raise HubPushError(
+            f"Pushing {folder} to {where} failed while {stage}: {exc}\n{intact}",
+            repo_id=repo_id,
+            folder=folder,
+            stage=stage,
+        ) from exc
+    try:
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type=repo_type,
+            commit_message=commit_message or f"Upload {folder.name} with hf_dpkd",
+            allow_patterns=allow_patterns,
+            ignore_patterns=ignore_patterns,
+        )
+    except Exception as exc:
+        stage = _failure_stage(exc)
+        raise HubPushError(
+            f"Pushing {folder} to {where} failed while {stage}: {exc}\n{intact}",
+            repo_id=repo_id,
+            folder=folder,
+            stage=stage,
+        ) from exc
+    return str(url)
+
+
+def resolve_artifact(
+    reference: str, *, argument: str, repo_type: str = "model", token: str | None = None
+) -> Path:
+    """A local folder for `reference`: the folder itself, or a snapshot of the Hub repo it names.
+
+    `argument` names the option in errors. Downloads go to the Hugging Face cache (`HF_HOME`), so a
+    second run reuses them.
+    """
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"--{argument} {reference!r} is a file; give the folder that holds it, or a Hub id.")
+    try:
+        validate_repo_id(reference)
+    except ValueError:
+        raise FileNotFoundError(
+            f"--{argument} {reference!r}: no such folder, and not a Hub id ('namespace/name'). Give a folder "
+            "written by the pipeline or the id of a repo it pushed."
+        ) from None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=reference, repo_type=repo_type, token=token))
+    except Exception as e:  # the client's errors name the HTTP status; keep them, add the argument
+        raise FileNotFoundError(
+            f"--{argument} {reference!r}: could not download this {repo_type} repo from the Hub ({type(e).__name__}: "
+            f"{e}). Check the id, your token (--hub_token or `hf auth login`) and HF_ENDPOINT."
+        ) from e
