@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData, metadata_load
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
 
 from hf_dpkd._io import atomic_write_text
 from hf_dpkd.hub.statement import (
@@ -32,13 +34,17 @@ MODEL_KINDS = ("teacher", "student", "dp_finetune")
 # The body's epsilon row, checked against the metadata (a card edited by hand in one place only).
 _EPSILON_ROW_RE = re.compile(r"^\|\s*epsilon \(ε\)\s*\|\s*`?([^|`]+?)`?\s*\|", re.MULTILINE)
 _PLACEHOLDER_REPO = "YOUR_NAMESPACE/REPO_NAME"
-_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_HUB_MODEL_ID_RE = re.compile(rf"(?:{_NAME}/)?{_NAME}")
 
 
 def _is_hub_id(name: str | None) -> bool:
     """Whether `name` can be a Hub repository id ('name' or 'namespace/name'), as opposed to a local path."""
-    return bool(name) and _HUB_MODEL_ID_RE.fullmatch(name) is not None
+    if not name:
+        return False
+    try:
+        _hf_validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _settings(settings: dict[str, Any]) -> list[tuple[str, str]]:

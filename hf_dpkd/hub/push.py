@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
 
 from hf_dpkd._io import atomic_write_text
 
 #: Name of the marker file that flags a directory as holding raw private records (never pushed).
 PRIVATE_DATA_MARKER = ".hf_dpkd_private"
 REPO_TYPES = ("model", "dataset")
-_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_REPO_ID_RE = re.compile(rf"{_NAME}/{_NAME}")
 
 
 class HubPushError(RuntimeError):
@@ -44,19 +43,24 @@ def find_private_markers(folder: str | Path) -> list[Path]:
 
 
 def validate_repo_id(repo_id: Any) -> str:
-    """Return `repo_id` if it has the Hub's 'namespace/name' form; raise a ValueError naming the fix otherwise."""
-    ok = (
-        isinstance(repo_id, str)
-        and _REPO_ID_RE.fullmatch(repo_id) is not None
-        and "--" not in repo_id
-        and ".." not in repo_id
-        and not repo_id.endswith(".git")
-    )
-    if not ok:
+    """Return `repo_id` if it has the Hub's 'namespace/name' form; raise a ValueError naming the fix otherwise.
+
+    The name rules are ``huggingface_hub.utils.validate_repo_id``'s; the namespace is required here.
+    """
+    if not isinstance(repo_id, str):
+        reason = f"a repository id is a string, not {type(repo_id).__name__}"
+    else:
+        try:
+            _hf_validate_repo_id(repo_id)
+            reason = None if "/" in repo_id else "the namespace is missing"
+        except HFValidationError as e:
+            reason = str(e)
+    if reason is not None:
         raise ValueError(
             f"repo_id={repo_id!r} is not a valid Hub repository id: expected 'namespace/name' (your user or "
             "organization, a slash, the repository name; e.g. 'my-user/dpkd-teacher'). Names use letters, "
-            "digits, '-', '_' and '.', at most 96 characters, without leading/trailing '-' or '.', '--' or '..'."
+            "digits, '-', '_' and '.', at most 96 characters, without leading/trailing '-' or '.', '--' or "
+            f"'..'. ({reason})"
         )
     return repo_id
 
