@@ -1,4 +1,8 @@
-"""Pushes of artifact folders to the Hub, the private-data marker that blocks them, and Hub ids."""
+"""Pushes of artifact folders to the Hub, the private-data marker that blocks them, and Hub ids.
+
+A push is three calls of ``huggingface_hub``'s public API (``create_repo``, ``preupload_lfs_files``,
+``create_commit``); a failure names the one that was running.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
 
 from hf_dpkd._io import atomic_write_text
@@ -65,37 +70,16 @@ def validate_repo_id(repo_id: Any) -> str:
     return repo_id
 
 
-_STAGES = (
-    ("/preupload/", "asking the Hub how to upload each file (preupload)"),
-    ("/info/lfs/objects/batch", "requesting LFS upload instructions (LFS batch API)"),
-    ("/api/validate-yaml", "validating the README.md metadata"),
-    ("/commit/", "creating the commit (file contents were sent, but no commit was recorded)"),
-)
-
-
-def _failure_stage(exc: BaseException) -> str:
-    """Which step of an upload failed, read from the failing request's URL in the exception chain."""
-    seen: set[int] = set()
-    chain: list[BaseException] = []
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    urls = []
-    for err in chain:
-        try:
-            response = getattr(err, "response", None)
-            urls.append(str(response.request.url) if response is not None else str(err.request.url))  # type: ignore[attr-defined]
-        except Exception:
-            continue
-    for url in urls:
-        for pattern, stage in _STAGES:
-            if pattern in url:
-                return stage
-    if any("Error while uploading" in str(err) for err in chain):
-        return "uploading large files (LFS)"
-    return f"uploading the folder ({urls[0].split('?')[0]})" if urls else "uploading the folder"
+def _additions(
+    folder: Path, allow_patterns: list[str] | str | None, ignore_patterns: list[str] | str | None
+) -> list[CommitOperationAdd]:
+    """The files of `folder` to upload, filtered as ``HfApi.upload_folder`` filters them (``.git`` left out)."""
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    ignore = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
+    kept = filter_repo_objects(
+        files, allow_patterns=allow_patterns, ignore_patterns=ignore + DEFAULT_IGNORE_PATTERNS
+    )
+    return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=files[name]) for name in kept]
 
 
 def push_folder_to_hub(
@@ -111,9 +95,10 @@ def push_folder_to_hub(
 ) -> str:
     """Create `repo_id` if needed and upload `folder` to it in one commit; return the repository URL.
 
-    Refuses folders containing :data:`PRIVATE_DATA_MARKER`. Never deletes or modifies local files; an HTTP
-    failure raises :class:`HubPushError` naming the repo and the failed step, and re-running the same push
-    completes it (files the Hub already holds are not uploaded again).
+    Refuses folders containing :data:`PRIVATE_DATA_MARKER`. Never deletes or modifies local files; a
+    failure raises :class:`HubPushError` naming the repo and the step that was running (creating the
+    repository, hashing the local files, uploading them, creating the commit), and re-running the same push completes
+    it (files the Hub already holds are not uploaded again).
     """
     validate_repo_id(repo_id)
     if repo_type not in REPO_TYPES:
@@ -135,34 +120,27 @@ def push_folder_to_hub(
         raise ValueError(f"folder={str(folder)!r} holds no files; nothing to push.")
 
     api = HfApi(token=token)
-    where = f"the {repo_type} repo {repo_id!r}"
-    intact = (
-        f"Nothing was deleted or changed locally: the files in {folder} are intact. Re-run the same push to try "
-        "again; files the Hub already holds are not uploaded twice."
-    )
+    stage = "creating the repository"
     try:
         url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    except Exception as exc:
-        stage = "creating the repository"
-        raise HubPushError(
-            f"Pushing {folder} to {where} failed while {stage}: {exc}\n{intact}",
-            repo_id=repo_id,
-            folder=folder,
-            stage=stage,
-        ) from exc
-    try:
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
+        stage = "hashing the local files"
+        additions = _additions(folder, allow_patterns, ignore_patterns)
+        stage = "uploading the files (preupload and LFS transfer; no commit was made)"
+        api.preupload_lfs_files(repo_id, additions, repo_type=repo_type)
+        stage = (
+            "validating README.md and creating the commit (the files were sent, but no commit was recorded)"
+        )
+        api.create_commit(
+            repo_id,
+            additions,
             repo_type=repo_type,
             commit_message=commit_message or f"Upload {folder.name} with hf_dpkd",
-            allow_patterns=allow_patterns,
-            ignore_patterns=ignore_patterns,
         )
     except Exception as exc:
-        stage = _failure_stage(exc)
         raise HubPushError(
-            f"Pushing {folder} to {where} failed while {stage}: {exc}\n{intact}",
+            f"Pushing {folder} to the {repo_type} repo {repo_id!r} failed while {stage}: {exc}\n"
+            f"Nothing was deleted or changed locally: the files in {folder} are intact. Re-run the same push to "
+            "try again; files the Hub already holds are not uploaded twice.",
             repo_id=repo_id,
             folder=folder,
             stage=stage,
