@@ -399,6 +399,27 @@ def test_failed_push_keeps_local_files_and_a_re_push_completes(hub: HubServer, t
 
 
 @pytest.mark.parametrize(
+    ("kind", "stage"),
+    [
+        ("preupload", "uploading the files"),
+        ("lfs_batch", "uploading the files"),
+        ("lfs_upload", "uploading the files"),
+        ("validate_yaml", "validating README.md and creating the commit"),
+    ],
+)
+def test_failed_push_names_the_step_that_was_running(hub: HubServer, tmp_path, kind, stage):
+    folder = tmp_path / "artifact"
+    folder.mkdir()
+    (folder / "weights.safetensors").write_bytes(os.urandom(4096))
+    write_model_card(folder, kind="teacher", base_model=None, ledger=_ledger(), method={})
+    hub.fail_next(kind, status=403)  # a 4xx: the client does not retry it
+    with pytest.raises(HubPushError, match=f"failed while {stage}") as failed:
+        push_folder_to_hub(folder, "me/steps")
+    assert failed.value.stage.startswith(stage) and failed.value.repo_id == "me/steps"
+    assert set(hub.files("me/steps")) == {".gitattributes"}  # nothing committed
+
+
+@pytest.mark.parametrize(
     "bad", ["no-namespace", "me/a/b", "me/", "/name", "me/na me", "me/-x", "me/a--b", "me/x.git", 7]
 )
 def test_malformed_repo_id_is_refused_before_any_request(hub: HubServer, tmp_path, bad):
