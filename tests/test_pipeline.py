@@ -73,8 +73,12 @@ def test_quick_run_produces_every_artifact(quick_run):
     assert (run_dir / "data" / "private" / ".hf_dpkd_private").is_file()
 
 
-def test_rerun_skips_finished_stages(quick_run):
-    run_dir, _, _ = quick_run
+def test_rerun_skips_finished_stages(quick_run, tmp_path):
+    import shutil
+
+    # a copy: the push test runs a stage in the shared folder, and a run there holds the folder's lock
+    run_dir = tmp_path / "run"
+    shutil.copytree(quick_run[0], run_dir)
     before = (run_dir / "results.json").read_text()
     proc = _run(run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
