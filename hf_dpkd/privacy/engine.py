@@ -21,7 +21,7 @@ Clipping modes (`CLIPPING_MODES`):
 Every mode sees a parameter only through the forward of a module that owns it (Opacus' and the package's
 hooks are per module). A trainable weight used anywhere else, e.g. a functional ``F.linear(h, emb.weight)``,
 would have its gradient dropped (``hooks``, ``bookkeeping``) or added unclipped (``ghost``); the first
-training forward of the wrapped model is therefore probed once (`_ParameterUseProbe`) and such a model is
+training forward of the wrapped model is therefore probed once (parameter_use.py) and such a model is
 refused before its first backward. Per-sample norms, clipping factors and clipped sums are float32 (or
 the parameters' dtype if wider), also for bf16 weights; the update is cast to the parameters' dtype only
 after the noise is added.
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from typing import Literal, get_args
 
@@ -43,8 +42,6 @@ from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
 )
 from opacus.optimizers.optimizer import DPOptimizer, _generate_noise
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 import hf_dpkd.privacy.grad_samplers  # noqa: F401  (registers Conv1D / RMSNorm samplers)
 from hf_dpkd.privacy.bookkeeping import (
@@ -53,6 +50,7 @@ from hf_dpkd.privacy.bookkeeping import (
     unsupported_layers,
     uses_activation_checkpointing,
 )
+from hf_dpkd.privacy.parameter_use import ParameterUseProbe, low_precision_ghost
 from hf_dpkd.privacy.units import UnitLayout
 
 ClippingMode = Literal["hooks", "ghost", "bookkeeping", "auto"]
@@ -70,136 +68,6 @@ def _tied_parameter_names(model: nn.Module) -> list[str]:
             if p.requires_grad:
                 owners.setdefault(id(p), []).append(f"{mod_name}.{p_name}" if mod_name else p_name)
     return [names[0] for names in owners.values() if len(names) > 1]
-
-
-# Ops that read a parameter without carrying its gradient anywhere (property reads returning non-tensors are
-# skipped anyway: only ops returning a tensor count as a use).
-_NOT_A_USE = {
-    torch.Tensor.detach,
-    torch.Tensor.detach_,
-    torch.Tensor.requires_grad_,
-    torch.Tensor.data.__get__,
-    torch.Tensor.grad.__get__,
-}
-
-
-class _UseRecorder(TorchFunctionMode):
-    def __init__(self, probe: _ParameterUseProbe):
-        super().__init__()
-        self.probe = probe
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        self.probe.record(func, args, kwargs, out)
-        return out
-
-
-class _ParameterUseProbe:
-    """One-time check that every trainable parameter is used only inside the forward of a module owning it.
-
-    The per-sample hooks of every clipping mode sit on modules: a parameter used by an op while no module
-    that directly owns it is running (a functional ``F.linear(h, emb.weight)`` in a parent's forward) gets
-    gradient no hook measured. During the first grad-enabled forward of `model`, a TorchFunctionMode sees
-    every op and module pre/post hooks keep the set of running modules; the hooks are removed after a clean
-    forward (no per-step cost), and stay (refusing every forward) if a bad use was found. A module that ties
-    the SAME Parameter (GPT-2's lm_head is an nn.Linear whose weight is wte's) owns it too, which is fine.
-    For ``ghost`` it also refuses a forward under bf16/fp16 autocast (see `_low_precision_ghost`).
-    """
-
-    def __init__(self, model: nn.Module, mode: str, requested_mode: str):
-        self.model, self.mode = model, mode
-        self.label = repr(requested_mode) + ("" if mode == requested_mode else f" (runs as {mode!r})")
-        self.names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
-        self.device_type = next(p for p in model.parameters() if p.requires_grad).device.type
-        self.module_names = {id(m): f"{n or '<root>'} ({type(m).__name__})" for n, m in model.named_modules()}
-        self.owned = {
-            id(m): [id(p) for p in m.parameters(recurse=False) if id(p) in self.names]
-            for m in model.modules()
-        }
-        self.running: Counter[int] = Counter()  # parameter id -> running modules that own it
-        self.stack: list[nn.Module] = []
-        self.recorder: _UseRecorder | None = None
-        self.found: str | None = None
-        self.handles = []
-        for module in model.modules():
-            self.handles.append(module.register_forward_pre_hook(self._enter))
-            self.handles.append(module.register_forward_hook(self._exit, always_call=True))
-
-    def _enter(self, module: nn.Module, _inputs) -> None:
-        if self.recorder is None:
-            if module is not self.model or not torch.is_grad_enabled():
-                return
-            if self.found is not None:  # refused once: refuse again before anything runs
-                raise ValueError(self.found)
-            self.recorder = _UseRecorder(self)
-            self.recorder.__enter__()
-        self.stack.append(module)
-        self.running.update(self.owned[id(module)])
-
-    def _exit(self, module: nn.Module, _inputs, output) -> None:
-        if self.recorder is None or not self.stack or self.stack[-1] is not module:
-            return
-        self.stack.pop()
-        self.running.subtract(self.owned[id(module)])
-        if module is not self.model:
-            return
-        self.recorder.__exit__(None, None, None)
-        self.recorder = None
-        self.stack, self.running = [], Counter()
-        if self.found is not None:
-            raise ValueError(self.found)
-        if output is not None:  # a clean, complete forward: nothing left to check
-            self.remove()
-
-    def record(self, func, args, kwargs, out) -> None:
-        """Called by the TorchFunctionMode after every op of the probed forward."""
-        if self.found is not None or not torch.is_grad_enabled():
-            return
-        if self.mode == "ghost" and torch.is_autocast_enabled(self.device_type):
-            dtype = torch.get_autocast_dtype(self.device_type)
-            if accumulation_dtype(dtype) != dtype:
-                self.found = _low_precision_ghost(self.label, f"{dtype} autocast is on")
-                return
-        if func in _NOT_A_USE or not any(isinstance(t, torch.Tensor) for t in tree_flatten(out)[0]):
-            return  # .detach(), and reads of shape, dtype, device, ...
-        for t in tree_flatten((args, kwargs))[0]:
-            if isinstance(t, torch.Tensor) and id(t) in self.names and self.running[id(t)] == 0:
-                where = self.module_names.get(id(self.stack[-1]), "?") if self.stack else "?"
-                op = getattr(func, "__name__", repr(func))
-                if op == "__get__":  # a property such as .T
-                    op = getattr(getattr(func, "__self__", None), "__name__", op)
-                effect = (
-                    "added to the update without being clipped"
-                    if self.mode == "ghost"
-                    else "silently left out of the update"
-                )
-                self.found = (
-                    f"clipping_mode={self.label}: the trainable parameter {self.names[id(t)]!r} is used by "
-                    f"`{op}` in the forward of {where}, a module that does not own it, so no per-sample hook "
-                    f"sees that use and its gradient would be {effect}. No clipping mode supports such a use: "
-                    "call the weight through a module that owns it (e.g. an nn.Linear whose .weight is that "
-                    "same Parameter, the way transformers ties lm_head to the input embedding), or freeze it "
-                    "(requires_grad=False)."
-                )
-                return
-
-    def remove(self) -> None:
-        if self.recorder is not None:
-            self.recorder.__exit__(None, None, None)
-            self.recorder = None
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
-
-def _low_precision_ghost(label: str, why: str) -> str:
-    return (
-        f"clipping_mode={label} computes the clipped sum with a second backward, which runs in low precision "
-        f"here ({why}): its rounding moves an example's contribution off the norm its clipping factor was "
-        "computed for, above the clip norm C by up to about 1%. Use clipping_mode='bookkeeping' (one backward, "
-        "norms and clipped sums in float32, least memory) or 'hooks', or train in float32."
-    )
 
 
 def resolve_clipping_mode(model: nn.Module, clipping_mode: str) -> str:
@@ -240,7 +108,7 @@ def attach_grad_sampler(
         ]
         if low:
             raise ValueError(
-                _low_precision_ghost(
+                low_precision_ghost(
                     repr(clipping_mode), f"the trainable parameter {low[0][0]!r} is {low[0][1]}"
                 )
             )
@@ -264,7 +132,7 @@ def attach_grad_sampler(
     else:
         wrapper = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     # Set through __dict__: Opacus' wrappers forward unknown attribute reads to the model.
-    wrapper.__dict__["_parameter_use_probe"] = _ParameterUseProbe(model, mode, clipping_mode)
+    wrapper.__dict__["_parameter_use_probe"] = ParameterUseProbe(model, mode, clipping_mode)
     return wrapper
 
 
