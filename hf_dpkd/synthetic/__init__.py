@@ -12,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "ControlCodeFormat": "control_codes",
     "SyntheticGenerationConfig": "generation",
-    "BatchedNoRepeatNGramLogitsProcessor": "generation",
+    "BatchedNoRepeatNGramLogitsProcessor": "generation_decoding",
     "generate_synthetic_dataset": "generation",
     "load_synthetic_dataset": "generation",
     "SyntheticDataCallback": "callback",

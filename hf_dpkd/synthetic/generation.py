@@ -7,6 +7,12 @@ split the shards (i % world_size) with no overlap. Inside a shard, prompts are s
 batched with LEFT padding (most batches need little), sampled with the KV cache under `inference_mode`;
 each row stops at its own length budget (max_length counts its own prompt, not the padding) or at eos,
 and the no-repeat-n-gram processor ignores the padding.
+
+This module holds the public entry points (the sampling settings, generate and load a dataset) with
+what makes a run resumable (the settings a shard depends on, the assembly of the shard files through the
+quality filters). One shard's sampling is :mod:`.generation_shards`, the padding-aware processor and
+stopping criterion :mod:`.generation_decoding`, prompt ids and position fitting
+:mod:`.generation_prompts`.
 """
 
 from __future__ import annotations
@@ -26,11 +32,30 @@ from typing import Any
 import torch
 from datasets import Dataset, load_dataset
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from hf_dpkd._io import atomic_write_bytes, atomic_write_text
 from hf_dpkd.privacy.histogram import ControlCodeDistribution, allocate_prompts
 from hf_dpkd.synthetic.control_codes import ControlCodeFormat
+from hf_dpkd.synthetic.generation_decoding import BatchedNoRepeatNGramLogitsProcessor
+from hf_dpkd.synthetic.generation_prompts import position_limit, prompt_ids, special_ids
+
+# Module attributes looked up at call time: tests wrap `generation._generate_shard`, and scripts use
+# `generation._shard_seed` to draw the prompts a run draws.
+from hf_dpkd.synthetic.generation_shards import generate_shard as _generate_shard
+from hf_dpkd.synthetic.generation_shards import shard_seed as _shard_seed
+
+__all__ = [
+    "DATA_FILE",
+    "DEFAULT_FILTERS",
+    "INFO_FILE",
+    "SETTINGS_FILE",
+    "SHARDS_DIR",
+    "BatchedNoRepeatNGramLogitsProcessor",
+    "SyntheticGenerationConfig",
+    "generate_synthetic_dataset",
+    "load_synthetic_dataset",
+    "process_state",
+]
 
 logger = logging.getLogger(__name__)
 DATA_FILE = "data/train-00000-of-00001.parquet"
@@ -87,47 +112,6 @@ class SyntheticGenerationConfig:
         return d
 
 
-class BatchedNoRepeatNGramLogitsProcessor(LogitsProcessor):
-    """transformers' NoRepeatNGramLogitsProcessor, aware of left padding.
-
-    A token is banned if emitting it would repeat an n-gram already in the sequence: every window whose
-    first n-1 tokens equal the last n-1 tokens bans its last token. `pad_lengths` (left padding per row)
-    excludes the windows that touch padding, so a padded row bans exactly what its unpadded prompt bans
-    (the library's processor would, e.g. for n=1, ban the pad token, which is often also eos).
-    """
-
-    def __init__(self, ngram_size: int, pad_lengths: torch.Tensor | None = None):
-        if ngram_size <= 0:
-            raise ValueError(f"ngram_size={ngram_size} must be > 0.")
-        self.n = ngram_size
-        self.pad_lengths = pad_lengths
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        n, length = self.n, input_ids.shape[1]
-        if length < n:
-            return scores
-        windows = input_ids.unfold(1, n, 1)  # [B, length - n + 1, n]
-        last = input_ids[:, length - n + 1 :]  # [B, n - 1]
-        match = (windows[:, :, :-1] == last[:, None, :]).all(-1)
-        if self.pad_lengths is not None:
-            starts = torch.arange(windows.shape[1], device=input_ids.device)
-            match &= starts[None, :] >= self.pad_lengths.to(input_ids.device)[:, None]
-        vocab = scores.shape[-1]  # non-matching windows write into a spare column past the vocabulary
-        banned = scores.new_zeros((scores.shape[0], vocab + 1), dtype=torch.bool)
-        banned.scatter_(1, torch.where(match, windows[:, :, -1].clamp(max=vocab), vocab), True)
-        return scores.masked_fill(banned[:, :vocab], float("-inf"))
-
-
-class _RowLengthBudget(StoppingCriteria):
-    """Stop each row once it holds `max_length` tokens of its OWN prompt + text (left padding not counted)."""
-
-    def __init__(self, ends: torch.Tensor):
-        self.ends = ends
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return input_ids.shape[1] >= self.ends.to(input_ids.device)
-
-
 def process_state():
     """accelerate's PartialState; under torchrun on a machine without accelerator it is the gloo CPU group.
 
@@ -139,10 +123,6 @@ def process_state():
     return PartialState(cpu=multi and not torch.accelerator.is_available())
 
 
-def _shard_seed(seed: int, shard: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{shard}".encode()).digest()[:4], "little")
-
-
 def _model_fingerprint(model) -> str:
     """Shapes and a few exact values of the weights: a different model (or dtype) changes it."""
     params = [p for p in model.parameters()]
@@ -150,98 +130,6 @@ def _model_fingerprint(model) -> str:
     data = [sum(p.numel() for p in params), [list(p.shape) for p in params]]
     data += [p.detach().flatten()[:32].float().cpu().tolist() for p in picked if p.numel()]
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()
-
-
-def _prompt_ids(tokenizer, fmt: ControlCodeFormat, codes) -> dict[tuple[str, ...], list[int]]:
-    out = {}
-    for code in dict.fromkeys(codes):
-        out[code] = list(tokenizer(fmt.format_prompt(fmt.record_of(code)))["input_ids"])
-    return out
-
-
-def _special_ids(tokenizer) -> tuple[int, int]:
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    if eos is None and pad is None:
-        raise ValueError("The tokenizer has neither an eos nor a pad token; set tokenizer.eos_token first.")
-    return (pad if eos is None else eos), (eos if pad is None else pad)
-
-
-def _generate_shard(model, tokenizer, fmt, codes, gen: SyntheticGenerationConfig, batch_size: int, seed: int):
-    """Rows (control columns + text) of one shard, in the order of `codes`, num_return_sequences per code."""
-    device = next(model.parameters()).device
-    eos_id, pad_id = _special_ids(tokenizer)
-    ids = _prompt_ids(tokenizer, fmt, codes)
-    order = sorted(range(len(codes)), key=lambda i: (len(ids[codes[i]]), codes[i]))
-    r = gen.num_return_sequences
-    stop = {eos_id, pad_id}
-    texts: dict[int, list[str]] = {}
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        limit = _position_limit(model)
-        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-        for batch in (part for b in batches for part in _fit_positions(b, ids, codes, gen.max_length, limit)):
-            prompts = [ids[codes[i]] for i in batch]
-            width, shortest = max(map(len, prompts)), min(map(len, prompts))
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, p in enumerate(prompts):  # left padding: every prompt ends at column `width`
-                input_ids[row, width - len(p) :] = torch.tensor(p)
-                mask[row, width - len(p) :] = 1
-            pads = torch.tensor([width - len(p) for p in prompts]).repeat_interleave(r)  # r rows per prompt
-            processors = LogitsProcessorList()
-            if gen.no_repeat_ngram_size > 0:
-                processors.append(BatchedNoRepeatNGramLogitsProcessor(gen.no_repeat_ngram_size, pads))
-            stopping = StoppingCriteriaList([_RowLengthBudget(pads + gen.max_length)])
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
-                do_sample=True,
-                top_k=gen.top_k,
-                top_p=gen.top_p,
-                temperature=gen.temperature,
-                no_repeat_ngram_size=0,
-                logits_processor=processors,
-                stopping_criteria=stopping,
-                max_new_tokens=gen.max_length - shortest,
-                num_return_sequences=r,
-                pad_token_id=pad_id,
-                eos_token_id=eos_id,
-                use_cache=True,
-            )
-            new = out[:, width:].tolist()
-            kept = []
-            for j, toks in enumerate(new):
-                toks = toks[: gen.max_length - len(prompts[j // r])]  # max_length counts the own prompt
-                end = next((k for k, t in enumerate(toks) if t in stop), len(toks))
-                kept.append(toks[:end])
-            decoded = tokenizer.batch_decode(kept, skip_special_tokens=True)
-            for k, i in enumerate(batch):
-                texts[i] = [t.strip() for t in decoded[k * r : (k + 1) * r]]
-    return [{**fmt.record_of(codes[i]), "text": t} for i in range(len(codes)) for t in texts[i]]
-
-
-def _position_limit(model) -> int | None:
-    limit = getattr(model.config, "n_positions", None) or getattr(
-        model.config, "max_position_embeddings", None
-    )
-    return limit if isinstance(limit, int) else None
-
-
-def _fit_positions(batch: list[int], ids, codes, max_length: int, limit: int | None) -> list[list[int]]:
-    """`batch`, or its runs of equal prompt length when left padding would run past the model's positions.
-
-    A batch decodes until its shortest prompt has max_length tokens, so its longest-prompt rows reach
-    position width + max_length - shortest - 1 (their extra tokens are discarded, but the forward still
-    sees them): past `limit`, the position embedding has no row for them.
-    """
-    lengths = [len(ids[codes[i]]) for i in batch]
-    if limit is None or max(lengths) + max_length - min(lengths) <= limit:
-        return [batch]
-    groups: dict[int, list[int]] = {}
-    for i, n in zip(batch, lengths):
-        groups.setdefault(n, []).append(i)
-    return list(groups.values())
 
 
 def _filter_names(filters) -> list[str]:
@@ -315,7 +203,7 @@ def _check_inputs(model, tokenizer, distribution, num_samples, fmt, gen, batch_s
         )
     for code in distribution.codes:
         fmt.code_of(fmt.record_of(code))
-    lengths = _prompt_ids(tokenizer, fmt, distribution.codes)
+    lengths = prompt_ids(tokenizer, fmt, distribution.codes)
     longest = max(lengths, key=lambda c: len(lengths[c]))
     if gen.max_length <= len(lengths[longest]):
         raise ValueError(
@@ -323,13 +211,13 @@ def _check_inputs(model, tokenizer, distribution, num_samples, fmt, gen, batch_s
             f"{fmt.format_prompt(fmt.record_of(longest))!r} ({len(lengths[longest])} tokens, the longest prompt); "
             "raise SyntheticGenerationConfig.max_length (it counts the prompt)."
         )
-    limit = _position_limit(model)
+    limit = position_limit(model)
     if limit is not None and gen.max_length > limit:
         raise ValueError(
             f"max_length={gen.max_length} exceeds the model's {limit} positions; lower "
             "SyntheticGenerationConfig.max_length."
         )
-    _special_ids(tokenizer)
+    special_ids(tokenizer)
 
 
 def generate_synthetic_dataset(
@@ -377,7 +265,7 @@ def generate_synthetic_dataset(
         "model": _model_fingerprint(model),
         "tokenizer": hashlib.sha256(
             json.dumps(
-                [_special_ids(tokenizer), sorted(_prompt_ids(tokenizer, fmt, distribution.codes).items())]
+                [special_ids(tokenizer), sorted(prompt_ids(tokenizer, fmt, distribution.codes).items())]
             ).encode()
         ).hexdigest(),
     }
