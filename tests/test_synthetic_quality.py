@@ -53,6 +53,33 @@ def test_js_divergence_known_values():
     assert math.isclose(ngram_js_divergence(["ab"], ["a"], tokenize=list), JS_HALF, rel_tol=1e-12)
 
 
+def test_js_divergence_does_not_depend_on_the_string_hash_seed():
+    """Whitespace n-grams are strings, whose set order changes with PYTHONHASHSEED: the sum must not."""
+    import os
+    import subprocess
+    import sys
+
+    code = textwrap.dedent(
+        """
+        from hf_dpkd.synthetic.quality import ngram_js_divergence
+        a = [f"the cat sat on the mat {i} times" for i in range(80)] + ["a dog ran far away quickly"] * 3
+        b = [f"the dog sat on a rug {7 * i} times" for i in range(90)]
+        print(repr(ngram_js_divergence(a, b, n=1)), repr(ngram_js_divergence(a, b, n=2)))
+        """
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in (0, 1, 2, 3)
+    }
+    assert len(outs) == 1, outs
+
+
 def test_js_divergence_bad_inputs():
     with pytest.raises(ValueError, match=r"b_texts \(2 texts\) has no 2-gram"):
         ngram_js_divergence(["a b"], ["a", "b"], n=2)

@@ -58,14 +58,16 @@ def ngram_js_divergence(
                 f"{name} ({len(texts)} texts) has no {n}-gram: pass non-empty texts of at least {n} tokens."
             )
     p_total, q_total = sum(p.values()), sum(q.values())
-    js = 0.0
+    terms = []
     for gram in p.keys() | q.keys():
         pi, qi = p[gram] / p_total, q[gram] / q_total
         m = (pi + qi) / 2
         if pi:
-            js += 0.5 * pi * math.log2(pi / m)
+            terms.append(0.5 * pi * math.log2(pi / m))
         if qi:
-            js += 0.5 * qi * math.log2(qi / m)
+            terms.append(0.5 * qi * math.log2(qi / m))
+    # fsum is exactly rounded, so the result does not depend on the set's (hash-seeded) iteration order
+    js = math.fsum(terms)
     return min(max(js, 0.0), 1.0)
 
 
