@@ -51,8 +51,8 @@ def run_draws(config: RunConfig) -> dict[str, Any]:
 
     run = Path(config.pipeline.run_dir)
     repeats = config.pipeline.repeats
-    Pipeline(_with(config, stages="data", repeats=1)).run_stages()
-    stages = ",".join(s for s in config.stage_list if s in DRAW_STAGES)
+    Pipeline(_with(config, stages=["data"], repeats=1)).run_stages()
+    stages = [s for s in config.stage_list if s in DRAW_STAGES]
     for k in range(1, repeats + 1):
         draw = draw_dir(run, k)
         _prepare_draw(run, draw)

@@ -261,7 +261,11 @@ CASES = [
         _with_recipe("seed: abc\n"),
         r"--config .*recipe.yaml: seed: 'abc' is not a valid int; fix the recipe",
     ),
-    Case("recipe-bad-value", _with_recipe("target_epsilon: -1\n"), r"--target_epsilon -1.0: must be > 0"),
+    Case(
+        "recipe-bad-value",
+        _with_recipe("target_epsilon: -1\n"),
+        r"--target_epsilon -1.0: must be a positive finite number",
+    ),
     # command line
     Case(
         "cli-stage", _parse("--stages", "teacher,train"), r"--stages: unknown stage\(s\) train; choose from"
@@ -274,7 +278,7 @@ CASES = [
     Case(
         "cli-epsilon",
         _parse("--target_epsilon", "0"),
-        r"--target_epsilon 0.0: must be > 0 \(the paper uses 2.0\)",
+        r"--target_epsilon 0.0: must be a positive finite number \(e.g. 2.0\)",
     ),
     Case(
         "cli-delta", _parse("--target_delta", "2"), r"--target_delta 2.0: must lie strictly between 0 and 1"
@@ -282,7 +286,7 @@ CASES = [
     Case(
         "cli-clip",
         _parse("--per_sample_max_grad_norm", "-1"),
-        r"--per_sample_max_grad_norm -1.0: must be > 0 \(e.g. 1.0\)",
+        r"--per_sample_max_grad_norm -1.0: must be > 0 \(the per-sample clip norm C, e.g. 1.0\)",
     ),
     Case(  # on the command line the parser refuses it (test_the_command_line_prints_the_message_and_exits_2)
         "recipe-accountant",
@@ -499,7 +503,7 @@ def test_a_run_that_failed_on_bad_input_reruns_with_the_fix(tmp_path):
     "argv,expected",
     [
         (["--seed", "abc"], r"argument --seed: invalid int value: 'abc'"),
-        (["--target_epsilon", "-3"], r"error: --target_epsilon -3.0: must be > 0"),
+        (["--target_epsilon", "-3"], r"error: --target_epsilon -3.0: must be a positive finite number"),
         (["--config", "missing.yaml"], r"error: --config missing.yaml: no such recipe file"),
         (
             ["--accountant", "moments"],

@@ -135,7 +135,7 @@ def test_killed_during_distillation_resumes_to_the_same_results(quick_run, tmp_p
 def test_bad_command_line_fails_before_any_work(tmp_path):
     proc = _run(tmp_path / "run", "--target_epsilon", "-1")
     assert proc.returncode == 2
-    assert "--target_epsilon -1.0: must be > 0" in proc.stderr
+    assert "--target_epsilon -1.0: must be a positive finite number" in proc.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from hf_dpkd._io import atomic_write_text
 from hf_dpkd.pipeline.context import RunContext
 from hf_dpkd.pipeline.stages import STAGES, stage
-from hf_dpkd.run_config import RunConfig
+from hf_dpkd.run_config import RunConfig, changed_settings
 from hf_dpkd.run_dir import RunDirMismatchError
 
 logger = logging.getLogger(__name__)
@@ -25,24 +25,6 @@ class Pipeline:
     Each stage of the registry is also a method, `stage_<name>()`, that runs it alone (no marker, no lock);
     attributes of the run's context (`dp_seed`, `teacher_dir`, `data`, ...) read through.
     """
-
-    #: Arguments that do not change what the stages compute (where to push, which stages to run).
-    _NEUTRAL = {
-        "stages",
-        "push_teacher",
-        "push_synthetic",
-        "push_student",
-        "hub_private_repo",
-        "hub_token",
-        "run_dir",
-        "audit_models",
-        "audit_num_records",
-        "audit_mope_perturbations",
-        "audit_canary_candidates",
-        "cpu_threads",
-        "repeats",
-        "verbose",
-    }
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -103,7 +85,7 @@ class Pipeline:
             return  # nothing finished yet: a run that failed on bad input is re-run with the fixed settings
         old = json.loads(previous.read_text())
         new = json.loads(json.dumps(self.config.to_dict()))
-        changed = sorted(k for k in new if k not in self._NEUTRAL and k in old and old[k] != new[k])
+        changed = changed_settings(old, new)
         if changed:
             details = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:5])
             raise RunDirMismatchError(

@@ -87,7 +87,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "no_leak": {},
         "models": {},
     }
-    for name in [m.strip() for m in c.audit.audit_models.split(",") if m.strip()]:
+    for name in c.audit.audit_models:
         if name not in dirs:
             continue
         print(f"    audit: {name}", flush=True)

@@ -54,7 +54,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     else:
         from hf_dpkd.data.loaders import declared_domain, load_private_dataset
 
-        controls = c.data.control_columns.split(",") if c.data.control_columns else None
+        controls = c.data.control_columns or None
         private, control_fields = load_private_dataset(
             c.data.dataset,
             text_column=c.data.text_column,

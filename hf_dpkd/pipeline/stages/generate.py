@@ -26,7 +26,6 @@ QUALITY_FIDELITY_RECORDS = 32
 def run(ctx: RunContext) -> dict[str, Any]:
     from hf_dpkd.hub import write_dataset_card
     from hf_dpkd.synthetic.generation import (
-        SyntheticGenerationConfig,
         generate_synthetic_dataset,
         load_synthetic_dataset,
     )
@@ -39,14 +38,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         }
     teacher_dir = ctx.teacher_dir()
     model, tokenizer = load_model_and_tokenizer(teacher_dir, base=ctx.base_path("teacher"))
-    gen = SyntheticGenerationConfig(
-        top_k=g.top_k,
-        top_p=g.top_p,
-        temperature=g.temperature,
-        no_repeat_ngram_size=g.no_repeat_ngram_size,
-        max_length=g.generation_max_length,
-        num_return_sequences=g.num_return_sequences,
-    )
+    gen = g.generation_config()
     out = ctx.run / "synthetic"
     dataset = generate_synthetic_dataset(
         model,
