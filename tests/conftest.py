@@ -13,7 +13,16 @@ os.environ.setdefault("HF_DPKD_CACHE", __import__("tempfile").mkdtemp(prefix="hf
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.doc_snippets import DocPages  # noqa: E402
+
 torch.set_num_threads(1)
+
+
+def pytest_pycollect_makeitem(collector, name, obj):
+    """A `DocPages` object of a test module (tests/test_docs.py) is collected as one Sybil file per page."""
+    if isinstance(obj, DocPages):
+        return obj.collect(collector)
+    return None
 
 
 @pytest.fixture(autouse=True)

@@ -1,179 +1,245 @@
-"""The code blocks of README.md and docs/*.md: parse, check, run.
+"""The code blocks of README.md and docs/*.md, checked with Sybil: python runs, bash is checked.
 
-Every fenced block tagged ``python`` or ``bash`` is code and must be one of:
+Sybil (https://sybil.readthedocs.io) reads the pages: `SnippetParser` turns each fenced block tagged
+``python`` or ``bash``, with the markers written right before it, into a Sybil example, one test per block
+(tests/test_docs.py collects one Sybil file per page). Every such block must be one of:
 
-- **python, run.** A page's python blocks run in order in one namespace (like a notebook), in one fresh
-  process per page (``python -m tests.doc_snippets SPEC``), cwd a scratch folder.
+- **python, run.** A page's python blocks run in order in one namespace, like a notebook (Sybil's
+  ``PythonEvaluator``), in one fresh process per page (``python -m tests.doc_snippets PAGE``), cwd a scratch
+  folder: the page runs as a user's script would, offline with its caches in the scratch folder or pointed
+  at a loopback Hub (the Hub clients read ``HF_ENDPOINT`` when imported), and its global state (accelerate,
+  torch, Opacus hooks) is its own. Running a block first runs the page's earlier python blocks.
 - **bash, checked.** Each command of ``examples/run_dpkd.py`` (continuations joined, split on ``&&`` /
   ``;``, ``accelerate launch [--config_file X]`` stripped) is parsed and validated by
   ``hf_dpkd.run_config.parse_run_config`` (nothing runs); a ``benchmarks/*.py`` or ``examples/audit.py``
   command has each of its ``--flags`` looked up in the script's ``--help``; a block running
   ``python -m pytest`` must be exactly the command of ``.ci/run``. ``python3 -m venv``,
   ``. .venv/bin/activate`` and ``pip install`` are set-up, allowed next to a checked command only.
-- **not run**, by an explicit marker with a reason.
+- **not run**, by an explicit marker with a reason: a skipped test that gives the reason.
 
 Markers are HTML comments right before a block (blank lines allowed between them and the block):
 
-- ``<!-- snippet: setup NAME -->``: before a python block, run ``NAME(namespace)`` (a function of this
-  module) to give the block the inputs its text talks about ("your model", ``tok``, ``members``), built
-  for real from the embedded demo with tiny models. Setups marked ``@uses_hub`` run against a loopback Hub
-  (tests/hub_server.py) that the page test starts.
+- ``<!-- snippet: setup NAME -->``: before a python block, run ``NAME(namespace)`` (a setup function of
+  tests/doc_setups.py) to give the block the inputs its text talks about ("your model", ``tok``,
+  ``members``), built for real from the embedded demo with tiny models. Setups marked ``@uses_hub`` run
+  against a loopback Hub (tests/hub_server.py) that the page's process is pointed at.
 - ``<!-- snippet: replace OLD => NEW -->``: exact text replacement in the next block only (realistic sizes
   that are too slow for a test, e.g. ``num_samples=100_000``); fails if OLD is absent.
 - ``<!-- snippet: not-run (reason) -->``: the block is shown, not run or checked; the reason is required.
 
-Untagged blocks (diagrams, formulas, output) and blocks in other languages are text, not code.
+A wrong marker fails the test of its block, or a test at the marker's line. Untagged blocks (diagrams,
+formulas, output) and blocks in other languages are text, not code.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import select
 import shlex
 import subprocess
 import sys
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sybil import Document, Example, Lexeme, Region, Sybil
+from sybil.evaluators.python import PythonEvaluator
+from sybil.parsers.markdown.lexers import FencedCodeBlockLexer
+
+from tests.doc_setups import SETUPS
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON_TAGS = {"python", "py", "python3"}
 BASH_TAGS = {"bash", "sh", "shell", "console"}
 HELP_CHECKED = re.compile(r"^(benchmarks/[\w-]+\.py|examples/audit\.py)$")
 PIPELINE_SCRIPT = "examples/run_dpkd.py"
+#: The most a page's python blocks may take, all together.
 RUN_TIMEOUT_S = 600
 
-_MARKER_RE = re.compile(r"^\s*<!--\s*snippet:\s*(?P<body>.*?)\s*-->\s*$")
-_FENCE_RE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+_MARKER_LINE_RE = re.compile(r"^.*<!--\s*snippet.*$", re.MULTILINE)
+_MARKER_RE = re.compile(r"\s*<!--\s*snippet:\s*(?P<body>.*?)\s*-->\s*")
 
 
 # ---------------------------------------------------------------------------------------------------
-# Parsing
+# Parsing: Sybil's lexer finds the fenced blocks, the markers before them say what to do with them
 # ---------------------------------------------------------------------------------------------------
+def page_name(path: str | Path) -> str:
+    """A page as messages name it: its path in the repository (e.g. "docs/hub.md"), else its file name."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def where(example: Example) -> str:
+    """``page:line`` of the example's opening fence (or marker)."""
+    return f"{page_name(example.path)}:{example.line}"
+
+
 @dataclass
-class Block:
-    """One fenced block of a markdown page, with the snippet markers written right before it."""
+class _Marker:
+    """One ``<!-- snippet: ... -->`` line (outside code blocks), or a malformed one (`body` None)."""
 
-    path: str  # as shown in messages, e.g. "docs/hub.md"
-    line: int  # 1-based line of the opening fence
-    lang: str
-    code: str
-    setups: list[str] = field(default_factory=list)
-    replaces: list[tuple[str, str]] = field(default_factory=list)
-    not_run: str | None = None
-    marker_lines: list[int] = field(default_factory=list)
+    start: int
+    end: int
+    line: int
+    body: str | None
+    kind: str = ""
+    value: Any = None
+    errors: list[str] = field(default_factory=list)
 
-    @property
-    def where(self) -> str:
-        return f"{self.path}:{self.line}"
-
-    @property
-    def kind(self) -> str | None:
-        if self.lang in PYTHON_TAGS:
-            return "python"
-        if self.lang in BASH_TAGS:
-            return "bash"
-        return None
-
-    @property
-    def has_markers(self) -> bool:
-        return bool(self.setups or self.replaces or self.not_run is not None)
-
-    def source(self) -> str:
-        """The code with the replace markers applied (a missing OLD text raises ValueError)."""
-        code = self.code
-        for old, new in self.replaces:
-            if old not in code:
-                raise ValueError(f"{self.where}: replace marker: {old!r} does not occur in the block")
-            code = code.replace(old, new)
-        return code
-
-
-def _apply_marker(pending: dict[str, Any], body: str, where: str, errors: list[str]) -> None:
-    kind, _, rest = body.partition(" ")
-    rest = rest.strip()
-    if kind == "setup":
-        if not re.fullmatch(r"[A-Za-z_]\w*", rest):
-            errors.append(f"{where}: 'setup' needs one function name of tests/doc_snippets.py, got {rest!r}")
+    def __post_init__(self) -> None:
+        if self.body is None:
+            self.errors.append("malformed snippet marker (one line: <!-- snippet: ... -->)")
+            return
+        self.kind, _, rest = self.body.partition(" ")
+        rest = rest.strip()
+        if self.kind == "setup":
+            if re.fullmatch(r"[A-Za-z_]\w*", rest):
+                self.value = rest
+            else:
+                self.errors.append(f"'setup' needs one function name of tests/doc_setups.py, got {rest!r}")
+        elif self.kind == "replace":
+            old, sep, new = rest.partition(" => ")
+            if sep and old:
+                self.value = (old, new)
+            else:
+                self.errors.append(f"'replace' is written 'replace OLD => NEW', got {rest!r}")
+        elif self.kind == "not-run":
+            match = re.fullmatch(r"\((.*)\)", rest)
+            if match and match.group(1).strip():
+                self.value = match.group(1).strip()
+            else:
+                self.errors.append("'not-run' needs a reason in parentheses, e.g. not-run (a synopsis)")
         else:
-            pending["setups"].append(rest)
-    elif kind == "replace":
-        old, sep, new = rest.partition(" => ")
-        if not sep or not old:
-            errors.append(f"{where}: 'replace' is written 'replace OLD => NEW', got {rest!r}")
-        else:
-            pending["replaces"].append((old, new))
-    elif kind == "not-run":
-        match = re.fullmatch(r"\((.*)\)", rest)
-        if not match or not match.group(1).strip():
-            errors.append(f"{where}: 'not-run' needs a reason in parentheses, e.g. not-run (a synopsis)")
-        else:
-            pending["not_run"] = match.group(1).strip()
-    else:
-        errors.append(
-            f"{where}: unknown snippet marker {body!r} (setup NAME, replace OLD => NEW, not-run (why))"
-        )
-
-
-def parse_markdown(text: str, path: str) -> tuple[list[Block], list[str]]:
-    """The fenced blocks of `text` with their markers, and the marker errors (file:line: message)."""
-    blocks: list[Block] = []
-    errors: list[str] = []
-    lines = text.splitlines()
-
-    def fresh() -> dict[str, Any]:
-        return {"setups": [], "replaces": [], "not_run": None, "lines": []}
-
-    pending = fresh()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        fence = _FENCE_RE.match(line)
-        marker = _MARKER_RE.match(line)
-        if marker:
-            pending["lines"].append(i + 1)
-            _apply_marker(pending, marker.group("body"), f"{path}:{i + 1}", errors)
-        elif "<!-- snippet" in line or "<!--snippet" in line:
-            errors.append(f"{path}:{i + 1}: malformed snippet marker (one line: <!-- snippet: ... -->)")
-        elif fence:
-            indent, mark = fence.group("indent"), fence.group("fence")
-            info = fence.group("info").strip()
-            lang = info.split()[0].lower() if info else ""
-            body: list[str] = []
-            j = i + 1
-            close = re.compile(rf"^\s*{re.escape(mark[0])}{{{len(mark)},}}\s*$")
-            while j < len(lines) and not close.match(lines[j]):
-                content = lines[j]
-                body.append(content[len(indent) :] if content.startswith(indent) else content.lstrip())
-                j += 1
-            if j >= len(lines):
-                errors.append(f"{path}:{i + 1}: code block is never closed")
-            blocks.append(
-                Block(
-                    path,
-                    i + 1,
-                    lang,
-                    "\n".join(body) + "\n",
-                    setups=pending["setups"],
-                    replaces=pending["replaces"],
-                    not_run=pending["not_run"],
-                    marker_lines=pending["lines"],
-                )
+            self.errors.append(
+                f"unknown snippet marker {self.body!r} (setup NAME, replace OLD => NEW, not-run (why))"
             )
-            pending = fresh()
-            i = j
-        elif line.strip() and pending["lines"]:
-            errors.append(
-                f"{path}:{pending['lines'][0]}: snippet marker is not right before a code block (text follows it)"
+
+
+def _values(markers: list[_Marker], kind: str) -> list[Any]:
+    return [m.value for m in markers if m.kind == kind and not m.errors]
+
+
+def _markers(text: str) -> Iterator[_Marker]:
+    for match in _MARKER_LINE_RE.finditer(text):
+        marker = _MARKER_RE.fullmatch(match.group())
+        line = text.count("\n", 0, match.start()) + 1
+        yield _Marker(match.start(), match.end(), line, marker.group("body") if marker else None)
+
+
+class _FenceLexer(FencedCodeBlockLexer):
+    """Sybil's lexer of fenced blocks with any info string (``language``: all of it); notes unclosed blocks."""
+
+    def __init__(self) -> None:
+        super().__init__(language=r"[^\n]*")
+
+    def make_region(self, opening, document, closing):  # noqa: ANN001, ANN201 (Sybil's signature)
+        region = super().make_region(opening, document, closing)
+        if region is not None:
+            region.lexemes["closed"] = closing is not None
+        return region
+
+
+def errors_found(example: Example) -> str:
+    """Sybil evaluator of a block or marker that is wrong: the errors the parser found."""
+    return example.parsed
+
+
+def _not_run(example: Example) -> None:
+    import pytest
+
+    pytest.skip(f"{where(example)}: not run ({example.parsed})")
+
+
+def check_bash(example: Example) -> str | None:
+    """Sybil evaluator of a bash block: its errors, or None."""
+    errors, _ = bash_errors(example.parsed, where(example))
+    return "\n".join(errors) or None
+
+
+class SnippetParser:
+    """Sybil parser of a page: an example per python / bash block, its markers applied, and per bad marker.
+
+    `run_python` evaluates the python blocks: in the test process it hands them to the page's process, in
+    the page's process it runs them.
+    """
+
+    def __init__(self, run_python) -> None:  # noqa: ANN001 (a Sybil evaluator)
+        self.run_python = run_python
+
+    def __call__(self, document: Document) -> Iterator[Region]:
+        text = document.text
+        blocks: list[Region] = []
+        for region in sorted(_FenceLexer()(document), key=lambda r: (r.start, -r.end)):
+            if not blocks or region.start >= blocks[-1].end:  # a fence inside a block is its text
+                blocks.append(region)
+        markers = [m for m in _markers(text) if not any(b.start <= m.start < b.end for b in blocks)]
+        pending: list[_Marker] = []
+        last = 0
+        for item in sorted([*markers, *blocks], key=lambda item: item.start):
+            if pending and text[last : item.start].strip():
+                pending[0].errors.append("snippet marker is not right before a code block (text follows it)")
+                pending = []
+            if isinstance(item, _Marker):
+                if item.body is not None:
+                    pending.append(item)
+                last = item.end
+            else:
+                if self._block(document, item, pending):
+                    yield item
+                pending, last = [], item.end
+        if pending:
+            pending[0].errors.append("snippet marker at the end of the page, before no block")
+        page = page_name(document.path)
+        for marker in markers:
+            if marker.errors:
+                message = "\n".join(f"{page}:{marker.line}: {error}" for error in marker.errors)
+                yield Region(marker.start, marker.end, message, errors_found)
+
+    def _block(self, document: Document, region: Region, markers: list[_Marker]) -> bool:
+        """Give `region` (a fenced block) what to evaluate and how; False if it is text, not a test."""
+        info = region.lexemes["language"].split()
+        tag = info[0].lower() if info else ""
+        kind = "python" if tag in PYTHON_TAGS else "bash" if tag in BASH_TAGS else None
+        setups, replaces = _values(markers, "setup"), _values(markers, "replace")
+        not_run = (_values(markers, "not-run") or [None])[-1]
+        errors = [] if region.lexemes["closed"] else ["code block is never closed"]
+        code = region.lexemes["source"]
+        if kind is None:
+            if markers:
+                errors.append("snippet marker before a block that is not python or bash")
+        elif not_run is not None:
+            if setups or replaces:
+                errors.append("a not-run block takes no other marker")
+        elif kind == "bash" and setups:
+            errors.append("setup markers apply to python blocks only")
+        else:
+            unknown = [name for name in setups if name not in SETUPS]
+            errors += [f"setup {name!r} is not a setup function of tests/doc_setups.py" for name in unknown]
+            for old, new in replaces:
+                if old not in code:
+                    errors.append(f"replace marker: {old!r} does not occur in the block")
+                code = code.replace(old, new)
+        line = document.text.count("\n", 0, region.start) + 1
+        if errors:
+            region.parsed = "\n".join(f"{page_name(document.path)}:{line}: {e}" for e in errors)
+            region.evaluator = errors_found
+        elif kind is None:
+            return False
+        elif not_run is not None:
+            region.parsed, region.evaluator = not_run, _not_run
+        else:
+            region.parsed = Lexeme(
+                code, region.lexemes["source"].offset, region.lexemes["source"].line_offset
             )
-            pending = fresh()
-        i += 1
-    if pending["lines"]:
-        errors.append(f"{path}:{pending['lines'][0]}: snippet marker at the end of the page, before no block")
-    return blocks, errors
+            region.lexemes["setups"] = setups
+            region.evaluator = self.run_python if kind == "python" else check_bash
+        return True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,11 +337,9 @@ def _check_help_flags(script: str, args: list[str], where: str) -> list[str]:
     ]
 
 
-def check_bash(block: Block) -> tuple[list[str], str]:
+def bash_errors(code: str, where: str) -> tuple[list[str], str]:
     """Errors of a bash block and what was checked ('args-checked', 'help-checked', 'ci-command')."""
-    where = block.where
     try:
-        code = block.source()
         commands = shell_commands(code)
     except ValueError as e:
         return [f"{where}: {e}"], ""
@@ -325,82 +389,8 @@ def check_bash(block: Block) -> tuple[list[str], str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# A page: classify every block, check bash, run python
+# python: one fresh process per page
 # ---------------------------------------------------------------------------------------------------
-@dataclass
-class PageResult:
-    errors: list[str]
-    statuses: list[tuple[str, str]]  # (file:line, run / args-checked / help-checked / not-run (reason))
-    output: str = ""
-
-
-def _setup_function(name: str) -> Callable[[dict[str, Any]], None] | None:
-    fn = globals().get(name)
-    return fn if callable(fn) and getattr(fn, "is_setup", False) else None
-
-
-def check_page(
-    text: str,
-    path: str,
-    workdir: Path,
-    *,
-    env: dict[str, str] | None = None,
-    start_hub: Callable[[], dict[str, str]] | None = None,
-) -> PageResult:
-    """Check one markdown page; python blocks run in one subprocess in `workdir`.
-
-    `start_hub` is called (once) when a setup of the page needs the loopback Hub; it returns the
-    environment that points the snippet process at it.
-    """
-    blocks, errors = parse_markdown(text, path)
-    statuses: list[tuple[str, str]] = []
-    python_blocks: list[Block] = []
-    for block in blocks:
-        if block.kind is None:
-            if block.has_markers:
-                errors.append(f"{block.where}: snippet marker before a block that is not python or bash")
-            continue
-        if block.not_run is not None:
-            if block.setups or block.replaces:
-                errors.append(f"{block.where}: a not-run block takes no other marker")
-            statuses.append((block.where, f"not-run ({block.not_run})"))
-            continue
-        if block.kind == "bash":
-            if block.setups:
-                errors.append(f"{block.where}: setup markers apply to python blocks only")
-            bash_errors, what = check_bash(block)
-            errors += bash_errors
-            statuses.append((block.where, "failed" if bash_errors else what))
-            continue
-        python_blocks.append(block)
-    python_errors = [
-        f"{b.where}: setup {name!r} is not a setup function of tests/doc_snippets.py"
-        for b in python_blocks
-        for name in b.setups
-        if _setup_function(name) is None
-    ]
-    for b in python_blocks:
-        try:
-            b.source()
-        except ValueError as e:
-            python_errors.append(str(e))
-    if any(getattr(_setup_function(n), "uses_hub", False) for b in python_blocks for n in b.setups):
-        if start_hub is None:
-            python_errors.append(f"{path}: a setup needs the loopback Hub but no start_hub was given")
-    errors += python_errors
-    output = ""
-    if python_blocks and not python_errors:
-        run_env = dict(env or os.environ)
-        if any(getattr(_setup_function(n), "uses_hub", False) for b in python_blocks for n in b.setups):
-            run_env.update(start_hub())
-        ok, output = run_python_blocks(python_blocks, workdir, run_env)
-        if not ok:
-            errors.append(f"{path}: a python snippet failed (output tail below)\n{output[-6000:]}")
-        statuses += [(b.where, "run" if ok else "failed") for b in python_blocks]
-    statuses.sort(key=lambda s: int(s[0].rpartition(":")[2]))
-    return PageResult(errors, statuses, output)
-
-
 def snippet_env(workdir: Path) -> dict[str, str]:
     """The environment of a page's snippet process: offline, one thread, caches in `workdir`."""
     env = dict(os.environ)
@@ -421,370 +411,178 @@ def snippet_env(workdir: Path) -> dict[str, str]:
     return env
 
 
-def run_python_blocks(blocks: list[Block], workdir: Path, env: dict[str, str]) -> tuple[bool, str]:
-    """Run `blocks` in order in one namespace in a fresh process (cwd `workdir`): (success, output)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec = workdir / "snippets.json"
-    spec.write_text(
-        json.dumps(
-            [
-                {
-                    "path": b.path,
-                    "file": str(ROOT / b.path),
-                    "line": b.line,
-                    "source": b.source(),
-                    "setups": b.setups,
-                }
-                for b in blocks
-            ]
-        )
-    )
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tests.doc_snippets", str(spec)],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as e:
-        return False, f"timed out after {RUN_TIMEOUT_S} s\n{e.stdout or ''}{e.stderr or ''}"
-    output = proc.stdout + proc.stderr
-    return proc.returncode == 0 and "SNIPPETS OK" in proc.stdout, output
+def _python_examples(document: Document) -> list[Example]:
+    return [e for e in document.examples() if e.region.evaluator is run_in_page_process]
 
 
-def _main(spec_path: str) -> int:
-    """Snippet process: run the blocks of SPEC in one namespace; tracebacks name the markdown line."""
-    import time
+class PageProcess:
+    """The process in which one page's python blocks run, in order, in one namespace (cwd ``base/work``).
 
-    start = time.perf_counter()
-    namespace: dict[str, Any] = {"__name__": "__main__"}
-    for block in json.loads(Path(spec_path).read_text()):
-        where = f"{block['path']}:{block['line']}"
+    It asks the process (``python -m tests.doc_snippets PAGE``) for one block at a time, by the line of its
+    fence; the process writes its output, tracebacks included, to ``base/work/snippets.log``.
+    """
+
+    def __init__(self, document: Document, base: Path) -> None:
+        work = base / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        env = snippet_env(work)
+        self.hub = None
+        examples = _python_examples(document)
+        if any(getattr(SETUPS[n], "uses_hub", False) for e in examples for n in e.region.lexemes["setups"]):
+            from tests.hub_server import HubServer, client_env
+
+            self.hub = HubServer(base / "hub_store").start()
+            env.update(client_env(self.hub, base / "hub_home"))
+        self.log = work / "snippets.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.doc_snippets", document.path],
+                cwd=work,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        self.deadline = time.monotonic() + RUN_TIMEOUT_S
+        self.examples = examples
+        self.done: dict[int, str | None] = {}  # line of a block that ran -> its failure, or None
+
+    def run(self, example: Example) -> str | None:
+        """Run `example`, after the page's earlier python blocks that have not run yet: the failure, or None."""
+        for block in [e for e in self.examples if e.line <= example.line]:
+            if block.line in self.done:
+                continue
+            failed = next((line for line, error in self.done.items() if error), None)
+            if failed is None:
+                self.done[block.line] = self._run(block)
+            else:
+                self.done[block.line] = (
+                    f"{where(block)}: not run: the block at line {failed}, before it, failed"
+                )
+            if block.line != example.line and self.done[block.line]:
+                return f"{where(example)}: not run: a block before it failed\n{self.done[block.line]}"
+        return self.done[example.line]
+
+    def _run(self, example: Example) -> str | None:
+        start = self.log.stat().st_size
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if self.proc.poll() is None:
+            self.proc.stdin.write(f"{example.line}\n")
+            self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, self.deadline - time.monotonic()))
+        reply = self.proc.stdout.readline() if ready else ""
+        if reply == "ok\n":
+            return None
+        output = self.log.read_bytes()[start:].decode(errors="replace")
+        if not ready:
+            self.proc.kill()
+            failure = f"timed out: the page's python blocks took more than {RUN_TIMEOUT_S} s"
+        elif not reply:
+            failure = f"the page's process ended (exit {self.proc.wait()})"
+        else:
+            failure = "failed"
+        return f"{where(example)}: {failure} (output tail below)\n{output[-6000:]}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # the process ends when no more blocks can come
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.hub is not None:
+            self.hub.stop()
+
+
+def run_in_page_process(example: Example) -> str | None:
+    """Sybil evaluator of a python block in the test process: run it in the page's process."""
+    page = example.namespace.get("page_process")
+    if page is None:
+        base = example.namespace["tmp_path_factory"].mktemp(Path(example.path).stem)
+        page = example.namespace["page_process"] = PageProcess(example.document, base)
+    return page.run(example)
+
+
+def close_page(namespace: dict[str, Any]) -> None:
+    """Sybil teardown of a page: stop its process (and its loopback Hub)."""
+    page = namespace.pop("page_process", None)
+    if page is not None:
+        page.close()
+
+
+#: The pages' Sybil: one example per python / bash / not-run block or bad marker.
+SYBIL = Sybil(
+    parsers=[SnippetParser(run_in_page_process)], fixtures=["tmp_path_factory"], teardown=close_page
+)
+
+
+@dataclass
+class DocPages:
+    """Pages as pytest collectors, one Sybil file each, named by their path under the test module.
+
+    A ``DocPages`` object in a test module is collected by tests/conftest.py (``pytest_pycollect_makeitem``):
+    the pages live outside tests/, and their tests run with the module's, e.g. while its Sphinx build runs.
+    """
+
+    pages: list[str]
+
+    def collect(self, module: Any) -> list[Any]:
+        from sybil.integration.pytest import SybilFile
+
+        return [
+            SybilFile.from_parent(
+                module, path=ROOT / page, name=page, nodeid=f"{module.nodeid}::{page}", sybils=[SYBIL]
+            )
+            for page in self.pages
+        ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The page's process
+# ---------------------------------------------------------------------------------------------------
+_START = time.perf_counter()
+
+
+def _log(message: str) -> None:
+    print(f"--- [{time.perf_counter() - _START:.1f} s] {message}", flush=True)
+
+
+def run_here(example: Example) -> None:
+    """Sybil evaluator of a python block in the page's process: its setups, then the block itself."""
+    for name in example.region.lexemes["setups"]:
+        _log(f"setup {name} for {where(example)}")
+        SETUPS[name](example.namespace)
+    _log(f"run {where(example)}")
+    PythonEvaluator()(example)
+
+
+def _serve(path: str) -> int:
+    """Run the blocks of the page at `path` that the test process asks for (a fence line per stdin line).
+
+    Replies ``ok`` or ``failed`` on stdout; everything else (the blocks' output, tracebacks) goes to stderr.
+    """
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    document = Document.parse(path, SnippetParser(run_here))
+    document.namespace["__name__"] = "__main__"
+    examples = {example.line: example for example in document.examples()}
+    for request in sys.stdin:
+        example = examples[int(request)]
         try:
-            for name in block["setups"]:
-                print(f"--- [{time.perf_counter() - start:.1f} s] setup {name} for {where}", flush=True)
-                globals()[name](namespace)
-            print(f"--- [{time.perf_counter() - start:.1f} s] run {where}", flush=True)
-            # Blank lines in front, so that tracebacks give the line numbers of the markdown file.
-            code = compile("\n" * block["line"] + block["source"], block["file"], "exec")
-            exec(code, namespace)
+            example.evaluate()
+            reply = "ok"
         except BaseException:  # report any failure with the block it came from
             traceback.print_exc()
-            print(f"FAILED: {where}", file=sys.stderr, flush=True)
-            return 1
-    print(f"--- [{time.perf_counter() - start:.1f} s] done", flush=True)
-    print("SNIPPETS OK", flush=True)
+            print(f"FAILED: {where(example)}", file=sys.stderr)
+            reply = "failed"
+        _log("done")
+        sys.stderr.flush()
+        replies.write(reply + "\n")
+        replies.flush()
     return 0
 
 
-# ---------------------------------------------------------------------------------------------------
-# Setup functions: the inputs the text talks about, built for real from the embedded demo
-# ---------------------------------------------------------------------------------------------------
-#: Private training reviews of the demo (the 21 canary rows come on top: 128 rows).
-NUM_TRAIN = 107
-MAX_LENGTH = 48
-_CACHE: dict[str, Any] = {}
-
-
-def setup(fn: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
-    """Mark `fn` as a setup function usable in a ``<!-- snippet: setup NAME -->`` marker."""
-    fn.is_setup = True  # type: ignore[attr-defined]
-    return fn
-
-
-def uses_hub(fn: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
-    """A setup that talks to the (loopback) Hub: the page test starts one for the page."""
-    fn.uses_hub = True  # type: ignore[attr-defined]
-    return setup(fn)
-
-
-def _demo():
-    """(demo data, control-code format with the public domain, demo tokenizer trained on public text)."""
-    if "demo" not in _CACHE:
-        from hf_dpkd.data import make_demo_dataset, train_demo_tokenizer
-        from hf_dpkd.synthetic.control_codes import ControlCodeFormat
-
-        demo = make_demo_dataset(num_train=NUM_TRAIN, num_validation=16, num_test=64, num_public=400, seed=0)
-        fmt = ControlCodeFormat(fields=tuple(demo.control_fields.items()), domain=demo.domain)
-        public_texts = [fmt.format_training_text(r, r["text"]) for r in demo.dataset["public"]]
-        _CACHE["demo"] = (demo, fmt, train_demo_tokenizer(public_texts))
-    return _CACHE["demo"]
-
-
-def _model(seed: int = 0):
-    """A freshly initialised demo GPT-2 of the student's size (2 x 64, 128 positions) for the demo tokenizer.
-
-    Teachers use it too (another seed): the snippets only need real models, and small ones run in seconds.
-    """
-    from hf_dpkd.data import demo_model
-
-    return demo_model(_demo()[2], "student", seed=seed)
-
-
-def _lm_dataset(rows):
-    """Control-coded causal-LM examples (prompt + text + eos), padded to MAX_LENGTH, pads masked in labels."""
-    _, fmt, tok = _demo()
-    texts = [fmt.format_training_text(r, r["text"], tok.eos_token) for r in rows]
-    enc = tok(texts, truncation=True, max_length=MAX_LENGTH, padding="max_length")
-    labels = [
-        [t if m else -100 for t, m in zip(ids, mask)]
-        for ids, mask in zip(enc["input_ids"], enc["attention_mask"])
-    ]
-    from datasets import Dataset
-
-    return Dataset.from_dict(
-        {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
-    )
-
-
-def _collator():
-    from transformers import DataCollatorForSeq2Seq
-
-    return DataCollatorForSeq2Seq(_demo()[2], label_pad_token_id=-100, padding=True)
-
-
-def _quiet_args(**kwargs):
-    """Training arguments of the short runs a setup makes itself (no logging, no checkpoints)."""
-    return dict(report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True, **kwargs)
-
-
-def _synthetic(teacher, num_samples: int, output_dir: str):
-    """Synthetic data sampled from `teacher` with uniformly drawn control codes (no privacy cost)."""
-    from hf_dpkd.privacy.histogram import uniform_distribution
-    from hf_dpkd.synthetic.generation import SyntheticGenerationConfig, generate_synthetic_dataset
-
-    _, fmt, tok = _demo()
-    return generate_synthetic_dataset(
-        teacher,
-        tok,
-        uniform_distribution(fmt),
-        num_samples,
-        output_dir,
-        fmt=fmt,
-        generation=SyntheticGenerationConfig(max_length=MAX_LENGTH),
-        batch_size=num_samples,
-        shard_size=num_samples,
-        show_progress=False,
-    )
-
-
-@setup
-def dp_training_inputs(ns: dict[str, Any]) -> None:
-    """`model`, `train`, `tokenizer`, `collator`: a demo teacher and the tokenized private demo split."""
-    demo, _, tok = _demo()
-    ns.update(model=_model(), train=_lm_dataset(demo.dataset["train"]), tokenizer=tok, collator=_collator())
-
-
-@setup
-def distillation_inputs(ns: dict[str, Any]) -> None:
-    """`teacher`, `student`, `synthetic` / `synthetic_tokenized`, `collator`, `tokenizer`.
-
-    The teacher is the one an earlier block of the page saved in ``teacher/final`` when there is one;
-    the synthetic data is sampled from it.
-    """
-    from transformers import AutoModelForCausalLM
-
-    _, _, tok = _demo()
-    saved = Path("teacher/final")
-    teacher = AutoModelForCausalLM.from_pretrained(saved) if (saved / "config.json").is_file() else _model(1)
-    synthetic = _lm_dataset(_synthetic(teacher, 32, "synthetic"))
-    ns.update(
-        teacher=teacher,
-        student=_model(2),
-        synthetic=synthetic,
-        synthetic_tokenized=synthetic,
-        collator=_collator(),
-        tokenizer=tok,
-    )
-
-
-@setup
-def control_code_inputs(ns: dict[str, Any]) -> None:
-    """`record` (a row's control fields), `text` (its review) and `tokenizer`."""
-    demo, fmt, tok = _demo()
-    row = demo.dataset["train"][0]
-    ns.update(record={c: row[c] for c in fmt.columns}, text=row["text"], tokenizer=tok)
-
-
-@setup
-def generation_inputs(ns: dict[str, Any]) -> None:
-    """`model`, `tokenizer`, and `distribution`: the DP histogram of the demo's private codes (+ `ledger`)."""
-    from hf_dpkd.privacy.accounting import PrivacyLedger
-    from hf_dpkd.privacy.histogram import dp_control_code_distribution
-
-    demo, fmt, tok = _demo()
-    ledger = PrivacyLedger(accountant="prv")
-    distribution = dp_control_code_distribution(demo.dataset["train"], fmt, 10.0, ledger, domain=demo.domain)
-    ns.update(model=_model(), tokenizer=tok, distribution=distribution, ledger=ledger)
-
-
-@uses_hub
-def callback_inputs(ns: dict[str, Any]) -> None:
-    """``histogram/`` (the DP histogram and its ledger, as the pipeline's histogram stage writes them),
-    `teacher`, `private` (the tokenized private split) and `tokenizer`."""
-    from hf_dpkd.privacy.accounting import PrivacyLedger
-    from hf_dpkd.privacy.histogram import dp_control_code_distribution
-
-    demo, fmt, tok = _demo()
-    ledger = PrivacyLedger(accountant="prv")
-    dist = dp_control_code_distribution(demo.dataset["train"], fmt, 10.0, ledger, domain=demo.domain)
-    Path("histogram").mkdir(exist_ok=True)
-    dist.save("histogram/control_codes.json")
-    ledger.save("histogram")
-    ns.update(teacher=_model(), private=_lm_dataset(demo.dataset["train"]), tokenizer=tok)
-
-
-def _push(folder: str, repo_id: str, **kwargs) -> None:
-    from hf_dpkd.hub import push_folder_to_hub
-
-    push_folder_to_hub(folder, repo_id, **kwargs)
-
-
-@uses_hub
-def loader_inputs(ns: dict[str, Any]) -> None:
-    """The files the loader examples name, from demo reviews: ``path/to/yelp`` (Yue et al.'s CSV layout),
-    ``reviews.parquet`` (columns body, city, stars), and a Big Patent-schema dataset (sections g and h)
-    pushed to the loopback Hub as ``NortheasternUniversity/big_patent``."""
-    import pandas as pd
-
-    demo, _, _ = _demo()
-    yelp = Path("path/to/yelp")
-    yelp.mkdir(parents=True, exist_ok=True)
-    for name, split in (("train", "train"), ("dev", "validation"), ("test", "test")):
-        rows = demo.dataset[split]
-        pd.DataFrame(
-            {
-                "text": rows["text"],
-                "label1": [f"Business Category: {c}" for c in rows["category"]],
-                "label2": [f"Review Stars: {s}" for s in rows["stars"]],
-            }
-        ).to_csv(yelp / f"{name}.csv", index=False)
-    train = demo.dataset["train"]
-    cities = ["Phoenix", "Las Vegas", "Toronto"]
-    pd.DataFrame(
-        {"body": train["text"], "city": [cities[i % 3] for i in range(len(train))], "stars": train["stars"]}
-    ).to_parquet("reviews.parquet")
-    patents = Path("big_patent_repo")
-    for section in ("g", "h"):
-        for split in ("train", "test"):
-            out = patents / section / f"{split}-00000-of-00001.parquet"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            texts = demo.dataset["public"]["text"][:20]
-            pd.DataFrame({"description": texts, "abstract": [f"A device: {t}" for t in texts]}).to_parquet(
-                out
-            )
-    configs = "".join(
-        f"- config_name: {s}\n  data_files:\n  - split: train\n    path: {s}/train-*.parquet\n"
-        f"  - split: test\n    path: {s}/test-*.parquet\n"
-        for s in ("g", "h")
-    )
-    (patents / "README.md").write_text(f"---\nconfigs:\n{configs}---\n\nBig Patent schema, demo texts.\n")
-    _push(str(patents), "NortheasternUniversity/big_patent", repo_type="dataset")
-
-
-@setup
-def evaluation_inputs(ns: dict[str, Any]) -> None:
-    """`model`, `tokenizer`, `test_texts` (the demo's private test reviews)."""
-    demo, _, tok = _demo()
-    ns.update(model=_model(), tokenizer=tok, test_texts=list(demo.dataset["test"]["text"]))
-
-
-@setup
-def saved_demo_student(ns: dict[str, Any]) -> None:
-    """A demo student saved with its tokenizer where the pipeline puts it: runs/demo/students/distildp/final."""
-    out = Path("runs/demo/students/distildp/final")
-    _model().save_pretrained(out)
-    _demo()[2].save_pretrained(out)
-
-
-def _records(rows) -> list[tuple[str, str]]:
-    _, fmt, _ = _demo()
-    return [(fmt.format_prompt(r), r["text"]) for r in rows]
-
-
-@setup
-def audit_inputs(ns: dict[str, Any]) -> None:
-    """`model`, `tok`, `members` (private training records), `non_members` (held-out test records) as
-    (control-code prompt, text) pairs, and `public_base` (a reference model that never saw them)."""
-    demo, _, tok = _demo()
-    ns.update(
-        model=_model(0),
-        tok=tok,
-        members=_records(demo.dataset["train"].select(range(16))),
-        non_members=_records(demo.dataset["test"].select(range(16))),
-        public_base=_model(1),
-    )
-
-
-@setup
-def audit_canary_inputs(ns: dict[str, Any]) -> None:
-    """`train` (the private demo split: category, stars, text), `model` and `tok`."""
-    demo, _, tok = _demo()
-    ns.update(train=demo.dataset["train"], model=_model(), tok=tok)
-
-
-@uses_hub
-def hub_run_folders(ns: dict[str, Any]) -> None:
-    """``run/teacher``, ``run/synthetic`` and ``run/student`` as a (very short) DistilDP run writes them.
-
-    The teacher is trained with DPTrainer after the DP histogram release, so its ledger holds both; the
-    synthetic data is sampled from it (with the ledger copied next to it); the student is distilled on it.
-    """
-    from hf_dpkd import DistillationConfig, DistillationTrainer, DPConfig, DPTrainer
-    from hf_dpkd.privacy.accounting import PrivacyLedger
-    from hf_dpkd.privacy.histogram import dp_control_code_distribution
-    from hf_dpkd.synthetic.generation import SyntheticGenerationConfig, generate_synthetic_dataset
-
-    demo, fmt, tok = _demo()
-    ledger = PrivacyLedger(accountant="prv")
-    dist = dp_control_code_distribution(demo.dataset["train"], fmt, 10.0, ledger, domain=demo.domain)
-    teacher = _model()
-    trainer = DPTrainer(
-        model=teacher,
-        args=DPConfig(
-            output_dir="run/teacher_checkpoints",
-            noise_multiplier=1.0,
-            max_steps=2,
-            per_device_train_batch_size=16,
-            **_quiet_args(),
-        ),
-        train_dataset=_lm_dataset(demo.dataset["train"]),
-        processing_class=tok,
-        privacy_ledger=ledger,
-    )
-    trainer.train()
-    trainer.save_model("run/teacher")
-    synthetic = generate_synthetic_dataset(
-        teacher,
-        tok,
-        dist,
-        16,
-        "run/synthetic",
-        fmt=fmt,
-        generation=SyntheticGenerationConfig(max_length=MAX_LENGTH),
-        batch_size=16,
-        shard_size=16,
-        show_progress=False,
-    )
-    trainer.privacy_ledger.save("run/synthetic")
-    student = _model(1)
-    DistillationTrainer(
-        model=student,
-        teacher_model=teacher,
-        args=DistillationConfig(output_dir="run/student_checkpoints", max_steps=2, **_quiet_args()),
-        train_dataset=_lm_dataset(synthetic),
-    ).train()
-    student.save_pretrained("run/student")
-    tok.save_pretrained("run/student")
-
-
-@uses_hub
-def hub_student_pushed(ns: dict[str, Any]) -> None:
-    """The student folder ``run/student`` (with its card) pushed as ``me/dpkd-student``."""
-    _push("run/student", "me/dpkd-student")
-
-
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1]))
+    sys.exit(_serve(sys.argv[1]))
