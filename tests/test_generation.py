@@ -321,3 +321,37 @@ def test_two_processes_split_the_shards_without_overlap(teacher, tmp_path):
     assert all(by_seed[e["seed"]] % 2 == e["rank"] for e in entries)  # shard i on rank i % 2
     single = json.loads((out / "generation_info.json").read_text())
     assert single["world_size"] == 2 and len(load_synthetic_dataset(out)) == 50
+
+
+def test_exponential_race_draws_from_the_softmax_and_never_a_banned_token():
+    """Against the obviously-correct law: frequencies of 200,000 draws vs softmax(scores), within 5 sigma."""
+    from hf_dpkd.synthetic.generation_decoding import ExponentialRaceSampler
+
+    scores = torch.tensor([[2.0, 0.5, float("-inf"), -1.0, 1.0]])
+    n = 200_000
+    torch.manual_seed(0)
+    out = ExponentialRaceSampler()(torch.zeros((n, 1), dtype=torch.long), scores.expand(n, -1).clone())
+    assert torch.isfinite(out).sum(dim=1).eq(1).all()  # exactly one token per row is left
+    drawn = out.argmax(dim=1)
+    freq = torch.bincount(drawn, minlength=5).double() / n
+    p = torch.softmax(scores[0].double(), dim=0)
+    assert freq[2] == 0
+    sigma = (p * (1 - p) / n).sqrt()
+    assert ((freq - p).abs() <= 5 * sigma + 1e-12).all(), (freq, p)
+
+
+def test_sampling_processors_are_generates_warpers_in_generates_order():
+    """do_sample=False with these processors samples as do_sample=True does: same warpers, same order."""
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+    from hf_dpkd.synthetic.generation_decoding import ExponentialRaceSampler, sampling_processors
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=1, vocab_size=64))
+    for top_k, top_p, temperature in ((50, 0.9, 1.0), (10, 0.5, 0.7), (0, 1.0, 1.3), (1, 1.0, 1.0)):
+        config = GenerationConfig(do_sample=True, top_k=top_k, top_p=top_p, temperature=temperature)
+        theirs = model._get_logits_processor(config)
+        ours = sampling_processors(top_k, top_p, temperature)
+        assert isinstance(ours[-1], ExponentialRaceSampler)
+        assert [type(p) for p in ours[:-1]] == [type(p) for p in theirs]
+        for a, b in zip(ours[:-1], theirs):
+            assert vars(a) == vars(b), (a, b)

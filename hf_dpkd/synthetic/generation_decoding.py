@@ -3,13 +3,22 @@
 A logits processor that bans repeated n-grams without counting the padding, and a stopping criterion
 that gives each row its own length budget (its prompt plus text, padding not counted). transformers'
 own versions look at the padded rows, so a padded prompt would be sampled differently from the same
-prompt unpadded.
+prompt unpadded. And the sampler itself as the last processor (`ExponentialRaceSampler`), which `generate`
+then runs greedily: on CPU, ``torch.multinomial`` over a [rows, vocab] batch is the largest cost of a
+small model's decode step after its forward, and the sampler draws the same law for a quarter of it.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 
 class BatchedNoRepeatNGramLogitsProcessor(LogitsProcessor):
@@ -51,3 +60,36 @@ class RowLengthBudget(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         return input_ids.shape[1] >= self.ends.to(input_ids.device)
+
+
+class ExponentialRaceSampler(LogitsProcessor):
+    """Draws each row's next token from softmax(scores) and returns scores whose argmax is that token.
+
+    The exponential race: with E_i = -log(U_i), U_i ~ Uniform[0, 1) independent (so E_i ~ Exp(1)),
+    argmax_i p_i / E_i is distributed exactly as Categorical(p), the law of ``torch.multinomial(p, 1)``
+    (which runs the same race with ``exponential_``). Drawing E from ``rand`` is about 4x cheaper on CPU
+    than ``exponential_`` or ``multinomial`` over a [128, 1024] batch, a tenth of a small model's decode
+    step. Tokens the earlier processors set to -inf have p_i = 0 and are never drawn (nor is a token whose
+    U_i = 0: E_i = inf). Random numbers come from torch's global generator, so a seeded (forked) generator
+    makes it reproducible.
+    """
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        race = torch.rand_like(probs).log_().neg_()  # Exp(1); rand < 1, so never 0
+        drawn = (probs / race).argmax(dim=-1, keepdim=True)
+        return torch.full_like(scores, float("-inf")).scatter_(1, drawn, 0.0)
+
+
+def sampling_processors(top_k: int, top_p: float, temperature: float) -> LogitsProcessorList:
+    """transformers' sampling warpers, in the order `generate(do_sample=True)` applies them, then the sampler:
+    ``generate(do_sample=False, logits_processor=...)`` with these samples as ``do_sample=True`` would."""
+    processors = LogitsProcessorList()
+    if temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        processors.append(TopKLogitsWarper(top_k=top_k))
+    if top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p=top_p))
+    processors.append(ExponentialRaceSampler())
+    return processors

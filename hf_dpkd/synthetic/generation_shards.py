@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from hf_dpkd.synthetic.generation_decoding import BatchedNoRepeatNGramLogitsProcessor, RowLengthBudget
+from hf_dpkd.synthetic.generation_decoding import (
+    BatchedNoRepeatNGramLogitsProcessor,
+    RowLengthBudget,
+    sampling_processors,
+)
 from hf_dpkd.synthetic.generation_prompts import fit_positions, position_limit, prompt_ids, special_ids
 
 if TYPE_CHECKING:
@@ -47,23 +51,23 @@ def generate_shard(model, tokenizer, fmt, codes, gen: SyntheticGenerationConfig,
             for row, p in enumerate(prompts):  # left padding: every prompt ends at column `width`
                 input_ids[row, width - len(p) :] = torch.tensor(p)
                 mask[row, width - len(p) :] = 1
-            pads = torch.tensor([width - len(p) for p in prompts]).repeat_interleave(r)  # r rows per prompt
+            # r rows per prompt, adjacent (as num_return_sequences would lay them out)
+            input_ids, mask = input_ids.repeat_interleave(r, dim=0), mask.repeat_interleave(r, dim=0)
+            pads = torch.tensor([width - len(p) for p in prompts]).repeat_interleave(r)
             processors = LogitsProcessorList()
             if gen.no_repeat_ngram_size > 0:
                 processors.append(BatchedNoRepeatNGramLogitsProcessor(gen.no_repeat_ngram_size, pads))
+            # sampling as processors, run greedily: the same law as do_sample=True, without multinomial
+            processors.extend(sampling_processors(gen.top_k, gen.top_p, gen.temperature))
             stopping = StoppingCriteriaList([RowLengthBudget(pads + gen.max_length)])
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),
-                do_sample=True,
-                top_k=gen.top_k,
-                top_p=gen.top_p,
-                temperature=gen.temperature,
+                do_sample=False,
                 no_repeat_ngram_size=0,
                 logits_processor=processors,
                 stopping_criteria=stopping,
                 max_new_tokens=gen.max_length - shortest,
-                num_return_sequences=r,
                 pad_token_id=pad_id,
                 eos_token_id=eos_id,
                 use_cache=True,
