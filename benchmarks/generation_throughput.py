@@ -4,14 +4,23 @@
 (b) naive batched ``generate`` as reference scripts do it: batches of 64 prompts in allocation order (codes
     mixed), padded by the tokenizer to the longest prompt of the batch, 2 sequences per prompt, the
     library's no-repeat-n-gram processor,
-(c) ``generate_synthetic_dataset`` (length-sorted batches of 64 prompts, per-row length budget, shards of 256).
+(c) ``generate_synthetic_dataset`` (length-sorted batches of 64 prompts, per-row length budget, shards of 256),
+(d) the decode-step bound of (c): the time (c) spends inside the model's forward (prefill, then one token
+    per step on the KV cache, at (c)'s own batch sizes and KV lengths), timed around each forward while (c)
+    runs, so both meet the same machine load. (d)'s tokens/s is (c)'s token count over those seconds, and
+    ``c_share_of_bound`` = seconds(d) / seconds(c) the share of (c)'s time spent in the forward; the rest
+    (sampling, processors, stopping checks, input preparation, decoding to text) is what a faster loop
+    could save.
 
 All use the paper's sampling settings (top_k 50, top_p 0.9, no_repeat_ngram_size 2) with max_length 64.
 Prints one JSON line per method (generated tokens/s, samples/s) and the ratios c/a and c/b. Generated
 tokens are counted the same way for all three: new tokens up to the first eos/pad, within the prompt's
 own max_length budget.
 
-    python benchmarks/generation_throughput.py [--prompts 256] [--quick]
+    python benchmarks/generation_throughput.py [--prompts 256] [--quick] [--model demo|gpt2_124m]
+
+``--model gpt2_124m``: GPT-2 124M's shape (12 layers, width 768, 12 heads; random weights) over the demo
+tokenizer's 1,024-token vocabulary, where the forward, not Python, dominates a decode step.
 """
 
 from __future__ import annotations
@@ -30,9 +39,15 @@ def main() -> None:
     )
     parser.add_argument("--prompts", type=int, default=256, help="Prompts (2 samples each) for (b) and (c).")
     parser.add_argument("--quick", action="store_true", help="64 prompts.")
+    parser.add_argument(
+        "--model",
+        choices=("demo", "gpt2_124m"),
+        default="demo",
+        help="The demo teacher (4 x 128) or GPT-2 124M's shape with random weights.",
+    )
     args = parser.parse_args()
     from hf_dpkd.data.demo import CONTROL_FIELDS, make_demo_dataset
-    from hf_dpkd.data.models import demo_model, train_demo_tokenizer
+    from hf_dpkd.data.models import demo_config, demo_model, train_demo_tokenizer
     from hf_dpkd.privacy.histogram import allocate_prompts, uniform_distribution
     from hf_dpkd.synthetic import generation
     from hf_dpkd.synthetic.control_codes import ControlCodeFormat
@@ -41,11 +56,20 @@ def main() -> None:
     torch.manual_seed(0)
     demo = make_demo_dataset(num_train=200, num_public=1000)
     tok = train_demo_tokenizer(list(demo.dataset["public"]["text"]))
-    model = demo_model(tok, "teacher").eval()
+    if args.model == "demo":
+        model = demo_model(tok, "teacher").eval()
+    else:  # GPT-2 124M's layers and heads over the demo vocabulary (random weights: throughput only)
+        from transformers import GPT2LMHeadModel
+
+        config = demo_config(tok, "teacher", "12x768")
+        config.n_head = 12
+        model = GPT2LMHeadModel(config).eval()
     fmt = ControlCodeFormat(fields=tuple(CONTROL_FIELDS.items()))
     dist = uniform_distribution(fmt, demo.domain)
     n_prompts = 64 if args.quick else args.prompts
-    shard_size, seed = 256, 0  # the default: several batches per shard, sorted by prompt length
+    # the default 256 (several batches per shard, sorted by prompt length), never more than the prompts asked:
+    # (c) then generates exactly the prompts (a) and (b) do
+    shard_size, seed = min(256, n_prompts), 0
     gen = generation.SyntheticGenerationConfig(max_length=64, min_words=0)
     # the exact prompts (c) will draw, shard by shard
     codes = [
@@ -85,6 +109,7 @@ def main() -> None:
             "tokens_per_s": round(counted["tokens"] / elapsed, 1),
             "samples_per_s": round(counted["samples"] / elapsed, 2),
             "samples": counted["samples"],
+            "tokens": counted["tokens"],
             "seconds": round(elapsed, 2),
         }
         print(json.dumps(line), flush=True)
@@ -110,8 +135,17 @@ def main() -> None:
         finally:
             tok.padding_side = side
 
+    bound = {"seconds": 0.0, "calls": 0}
+
     def ours():
-        inner = model.generate
+        inner, forward = model.generate, model.forward
+
+        def timed_forward(*a, **k):  # (d): the model's own forwards inside (c), timed as they run
+            start = time.perf_counter()
+            out = forward(*a, **k)
+            bound["seconds"] += time.perf_counter() - start
+            bound["calls"] += 1
+            return out
 
         def counting(*a, **k):
             out = inner(*a, **k)
@@ -119,6 +153,7 @@ def main() -> None:
             count(out, mask.shape[1], mask.sum(1).tolist())
             return out
 
+        model.forward = timed_forward
         model.generate = counting
         try:
             with tempfile.TemporaryDirectory() as out:
@@ -140,16 +175,26 @@ def main() -> None:
                     (c[0], c[1]) for c in codes for _ in range(gen.num_return_sequences)
                 )  # the same prompts as (a) and (b)
         finally:
-            del model.generate
+            del model.generate, model.forward
 
     a = timed("a_one_at_a_time", one_at_a_time)
     b = timed("b_naive_batched", naive_batched)
     c = timed("c_ours", ours)
+    bound_s = bound["seconds"]
+    d = {
+        "method": "d_decode_step_bound",
+        "tokens_per_s": round(c["tokens"] / bound_s, 1),
+        "seconds": round(bound_s, 2),
+        "forwards": bound["calls"],
+    }
+    print(json.dumps(d), flush=True)
     print(
         json.dumps(
             {
+                "model": args.model,
                 "ratio_c_over_a": round(c["tokens_per_s"] / a["tokens_per_s"], 2),
                 "ratio_c_over_b": round(c["tokens_per_s"] / b["tokens_per_s"], 2),
+                "c_share_of_bound": round(bound_s / c["seconds"], 2),
                 "prompts": n_prompts,
                 "device": "cpu, 1 thread",
             }
