@@ -23,6 +23,11 @@ def number(x: Any, digits: int | None = None) -> str:
     return str(x)
 
 
+def significant(x: float, digits: int) -> str:
+    """`x` to `digits` significant digits, e.g. '0.001' or '1e+06' (settings whose scale varies: noise, rates)."""
+    return f"{x:.{digits}g}"
+
+
 def with_interval(value: Any, interval: Sequence[Any] | None, digits: int | None = None) -> str:
     """A value and its interval, e.g. '0.6500 [0.5712, 0.7263]' (the value alone when there is no interval);
     every number as :func:`number` writes it with `digits`."""
