@@ -11,6 +11,7 @@ from hf_dpkd.reporting import (
     markdown_table,
     mean_std,
     number,
+    significant,
     thousands,
     with_interval,
 )
@@ -30,6 +31,12 @@ def test_number_with_digits_is_fixed_point_for_any_number():
     assert number(0.6888, 3) == "0.689"
     assert number(2, 2) == "2.00"
     assert number(math.nan, 2) == "nan"
+
+
+def test_significant_keeps_the_digits_that_matter_at_any_scale():
+    assert significant(44.15, 6) == "44.15" and significant(1.0, 6) == "1"
+    assert significant(1234567.0, 6) == "1.23457e+06" and significant(0.000012345678, 6) == "1.23457e-05"
+    assert significant(math.inf, 6) == "inf"
 
 
 def test_with_interval_shows_the_interval_only_when_there_is_one():
