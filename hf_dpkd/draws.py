@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_dpkd._io import atomic_write_bytes, atomic_write_text
+from hf_dpkd.reporting import epsilon_cell, markdown_table, mean_std, number, thousands
 from hf_dpkd.run_config import RunConfig
 
 #: Stages repeated in every draw (the data stage is shared; audit and push are single-run stages).
@@ -95,23 +96,24 @@ def aggregate(result_files: list[Path]) -> dict[str, Any]:
 
 
 def draws_markdown(summary: dict[str, Any]) -> str:
-    from hf_dpkd.pipeline import epsilon_cell
-
-    n = summary["draws"]
-    lines = [
-        f"Test perplexity over {n} independent DP draws (mean ± sample standard deviation; every draw's "
-        "numbers in results.json).",
-        "",
-        "| Method | epsilon | Test perplexity | Draws | Parameters |",
-        "|---|---:|---:|---|---:|",
+    """The run directory's results.md over the draws: each method's mean ± std, and every draw's number."""
+    rows = [
+        [
+            r["label"],
+            epsilon_cell(r["epsilon"]),
+            mean_std(r["test_perplexity_mean"], r["test_perplexity_std"]),
+            ", ".join(number(x, 2) for x in r["test_perplexities"]),
+            thousands(r["num_parameters"]),
+        ]
+        for r in summary["rows"]
     ]
-    for r in summary["rows"]:
-        eps = epsilon_cell(r["epsilon"])
-        draws = ", ".join(f"{x:.2f}" for x in r["test_perplexities"])
-        lines.append(
-            f"| {r['label']} | {eps} | {r['test_perplexity_mean']:.2f} ± {r['test_perplexity_std']:.2f} | "
-            f"{draws} | {r['num_parameters']:,} |"
-        )
+    head = ["Method", "epsilon", "Test perplexity", "Draws", "Parameters"]
+    lines = [
+        f"Test perplexity over {summary['draws']} independent DP draws (mean ± sample standard deviation; "
+        "every draw's numbers in results.json).",
+        "",
+        *markdown_table(head, rows, align="lrrlr"),
+    ]
     return "\n".join(lines) + "\n"
 
 

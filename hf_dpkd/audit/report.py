@@ -19,6 +19,7 @@ import numpy as np
 from hf_dpkd._io import atomic_write_text
 from hf_dpkd.audit.metrics import plot_roc
 from hf_dpkd.audit.mia import membership_verdict
+from hf_dpkd.reporting import markdown_table, number, with_interval
 
 DISCLAIMER = (
     "An audit gives evidence and lower bounds: a high AUC, exposure or empirical epsilon shows leakage, "
@@ -40,27 +41,8 @@ def _jsonable(obj):
     return obj
 
 
-def _fmt(x) -> str:
-    if isinstance(x, bool) or x is None:
-        return str(x)
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.3g}"
-    return str(x)
-
-
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    return lines + [""]
-
-
-def _ci(value, interval) -> str:
-    """A value and its interval, e.g. "0.6500 [0.5712, 0.7263]" (the value alone without one)."""
-    if not interval:
-        return _fmt(value)
-    return f"{_fmt(value)} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+    return markdown_table(header, rows) + [""]
 
 
 def _membership_section(mia: dict, model_label: str) -> list[str]:
@@ -82,8 +64,8 @@ def _membership_section(mia: dict, model_label: str) -> list[str]:
             [
                 attack,
                 model_label,
-                _ci(r["auc"], r.get("intervals", {}).get("auc")),
-                *[_ci(r[k], r.get("intervals", {}).get(k)) for k in keys],
+                with_interval(r["auc"], r.get("intervals", {}).get("auc")),
+                *[with_interval(r[k], r.get("intervals", {}).get(k)) for k in keys],
                 r["num_members"],
                 r["num_non_members"],
             ]
@@ -94,8 +76,8 @@ def _membership_section(mia: dict, model_label: str) -> list[str]:
                 [
                     attack,
                     f"no-leak: {r['vs_no_leak']['no_leak_model']}",
-                    _ci(base["auc"], base.get("intervals", {}).get("auc")),
-                    *[_ci(base[k], base.get("intervals", {}).get(k)) for k in keys],
+                    with_interval(base["auc"], base.get("intervals", {}).get("auc")),
+                    *[with_interval(base[k], base.get("intervals", {}).get(k)) for k in keys],
                     base["num_members"],
                     base["num_non_members"],
                 ]
@@ -128,7 +110,7 @@ def _membership_section(mia: dict, model_label: str) -> list[str]:
         [
             [
                 a,
-                _ci(r["vs_no_leak"]["difference"], r["vs_no_leak"]["interval"]),
+                with_interval(r["vs_no_leak"]["difference"], r["vs_no_leak"]["interval"]),
                 "**yes**" if r["vs_no_leak"]["leaks"] else "no",
             ]
             for a, r in mia.items()
@@ -162,9 +144,9 @@ def _canary_section(can: dict) -> list[str]:
     rows = []
     for c in can["canaries"]:
         interval = c.get("exposure_interval")
-        row = [c["name"], c["repeats"], c["method"], c["rank"], _ci(c["exposure"], interval)]
+        row = [c["name"], c["repeats"], c["method"], c["rank"], with_interval(c["exposure"], interval)]
         row += (
-            [_ci(c["exposure_empirical"], c["exposure_empirical_interval"])]
+            [with_interval(c["exposure_empirical"], c["exposure_empirical_interval"])]
             if "exposure_empirical" in c
             else [""]
         )
@@ -203,7 +185,7 @@ def _epsilon_section(eps: dict, claimed) -> list[str]:
             eps["epsilon_lower_bound"],
             eps["num_guesses"],
             eps["num_correct"],
-            _ci(acc, eps.get("guess_accuracy_interval")) if acc is not None else "",
+            with_interval(acc, eps.get("guess_accuracy_interval")) if acc is not None else "",
         ]
     ]
     base = eps.get("no_leak")
@@ -214,10 +196,10 @@ def _epsilon_section(eps: dict, claimed) -> list[str]:
                 base["epsilon_lower_bound"],
                 base["num_guesses"],
                 base["num_correct"],
-                _ci(base["guess_accuracy"], base["guess_accuracy_interval"]),
+                with_interval(base["guess_accuracy"], base["guess_accuracy_interval"]),
             ]
         )
-    out += [f"delta = {_fmt(eps['delta'])}, {eps['num_canaries']} canaries.", ""]
+    out += [f"delta = {number(eps['delta'])}, {eps['num_canaries']} canaries.", ""]
     out += _table(["model", "lower bound", "guesses", "correct", "accuracy [exact interval]"], rows)
     if claimed is not None:
         verdict = "EXCEEDS" if eps["epsilon_lower_bound"] > float(claimed) else "does not exceed"
@@ -269,7 +251,7 @@ def render_markdown(results: dict) -> str:
                 [
                     mem["member_mean"],
                     mem["non_member_mean"],
-                    _ci(mem["gap"], mem.get("gap_interval")),
+                    with_interval(mem["gap"], mem.get("gap_interval")),
                     mem["num_members"],
                     mem["num_non_members"],
                 ]
@@ -284,7 +266,7 @@ def render_markdown(results: dict) -> str:
                 [
                     b["block"],
                     b["path"],
-                    _ci(b["auc"], b.get("intervals", {}).get("auc")),
+                    with_interval(b["auc"], b.get("intervals", {}).get("auc")),
                     b["member_mean"],
                     b["non_member_mean"],
                 ]

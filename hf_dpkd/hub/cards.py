@@ -27,6 +27,7 @@ from hf_dpkd.hub.statement import (
 from hf_dpkd.peft_support import adapter_base as recorded_base
 from hf_dpkd.peft_support import adapter_description, is_adapter_folder, usage_snippet
 from hf_dpkd.privacy.accounting import PrivacyLedger
+from hf_dpkd.reporting import markdown_table, significant
 
 #: teacher/student: the DistilDP pipeline's models; dp_finetune: any model DPTrainer fine-tuned (a user's script).
 MODEL_KINDS = ("teacher", "student", "dp_finetune")
@@ -47,14 +48,24 @@ def _is_hub_id(name: str | None) -> bool:
     return True
 
 
-def _settings(settings: dict[str, Any]) -> list[tuple[str, str]]:
-    """(name, markdown value) rows of a settings table: containers as sorted JSON, all in backticks."""
+def _settings_table(settings: dict[str, Any]) -> str:
+    """The settings table (containers as sorted JSON, every value in backticks), or a line saying there is none."""
+    if not settings:
+        return "(no settings recorded)"
     rows = []
     for key, value in settings.items():
         if isinstance(value, (dict, list, tuple)):
             value = json.dumps(value, sort_keys=True, default=str)
-        rows.append((str(key), f"`{value}`"))
-    return rows
+        rows.append([str(key), f"`{value}`"])
+    return "\n".join(markdown_table(["setting", "value"], rows))
+
+
+def _eval_table(rows: list[dict[str, Any]]) -> str | None:
+    """The card's evaluation table (values to 6 significant digits), None without results."""
+    if not rows:
+        return None
+    cells = [[str(r["metric"]), significant(r["value"], 6), r["dataset"], str(r["split"])] for r in rows]
+    return "\n".join(markdown_table(["metric", "value", "dataset", "split"], cells))
 
 
 def _eval_results(eval_results: dict[str, Any]) -> tuple[list[EvalResult], list[dict[str, Any]]]:
@@ -162,8 +173,8 @@ def write_model_card(
         base_model=base_model,
         dataset_name=dataset_name,
         privacy_statement=privacy_statement(ledger, privacy_unit=privacy_unit),
-        settings=_settings({k: v for k, v in method.items() if k != "name"}),
-        eval_rows=eval_rows,
+        settings_table=_settings_table({k: v for k, v in method.items() if k != "name"}),
+        eval_table=_eval_table(eval_rows),
         usage_id=usage_id,
         adapter_base=base,
         adapter_usage=usage_snippet(usage_id, base) if adapter else None,
@@ -249,7 +260,7 @@ def write_dataset_card(
         control_code_mode=control_code_mode,
         leaky=control_code_mode in ("private", "exact"),
         privacy_statement=privacy_statement(ledger, privacy_unit=privacy_unit),
-        settings=_settings(dict(generation_config)),
+        settings_table=_settings_table(dict(generation_config)),
         quality_table=quality_table,
         usage_id=repo_id or _PLACEHOLDER_REPO,
     )

@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 
 from hf_dpkd.privacy.accounting import PrivacyLedger
+from hf_dpkd.reporting import markdown_table, significant
 
 #: The YAML metadata key of the cards that carries the machine-readable guarantee.
 CARD_PRIVACY_KEY = "differential_privacy"
@@ -38,6 +39,23 @@ def _ledger_epsilon(ledger: PrivacyLedger) -> float:
             "create the ledger with PrivacyLedger(delta=...) (e.g. default_delta(num_examples))."
         )
     return ledger.epsilon()
+
+
+def _releases_table(ledger: PrivacyLedger) -> str:
+    """One row per release composed into the guarantee: what the accountant was given, and its details."""
+    rows = [
+        [
+            r.name,
+            r.mechanism,
+            significant(r.noise_multiplier, 6),
+            significant(r.sample_rate, 6),
+            str(r.steps),
+            ", ".join(f"{key}={value!s}" for key, value in sorted(r.meta.items(), key=lambda kv: kv[0])),
+        ]
+        for r in ledger.releases
+    ]
+    head = ["release", "mechanism", "noise multiplier σ", "sample rate q", "steps", "details"]
+    return "\n".join(markdown_table(head, rows))
 
 
 def privacy_metadata(ledger: PrivacyLedger | None, *, privacy_unit: str) -> dict[str, Any]:
@@ -69,5 +87,6 @@ def privacy_statement(ledger: PrivacyLedger | None, *, privacy_unit: str = DEFAU
             epsilon=_ledger_epsilon(ledger),
             accountant=_ACCOUNTANT_NAMES.get(ledger.accountant, ledger.accountant),
             privacy_unit=privacy_unit,
+            releases_table=_releases_table(ledger),
         )
     return jinja2.Template(template("privacy_statement.md")).render(**fields)

@@ -8,10 +8,19 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hf_dpkd.reporting import (
+    epsilon_cell,
+    epsilon_number,
+    markdown_table,
+    number,
+    thousands,
+    with_interval,
+)
+
 
 def ci_text(value: float, interval: list[float], digits: int = 3) -> str:
-    """A value with its interval, e.g. '0.650 [0.611, 0.688]'."""
-    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    """A value with its interval at `digits` decimals, e.g. '0.650 [0.611, 0.688]' (the console's audit lines)."""
+    return with_interval(value, interval, digits)
 
 
 def audit_summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -69,28 +78,25 @@ def audit_markdown(summary: dict[str, Any]) -> str:
             f"{balance['code_total_variation']:.3f}.",
             "",
         ]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def auc_cells(m: dict[str, Any]) -> list[str]:
         return [ci_text(m["auc"][a], m["auc_interval"][a]) if a in m["auc"] else "" for a in attacks]
 
+    rows = []
     for name, m in models.items():
-        eps = "inf" if not math.isfinite(m["epsilon"]) else f"{m['epsilon']:.2f}"
         verdict = "LEAKS (" + ", ".join(m["flagged_attacks"]) + ")" if m.get("leaks") else "no leak detected"
         cells = [
             name,
-            eps,
+            epsilon_number(m["epsilon"]),
             *auc_cells(m),
             f"{verdict} vs {m.get('no_leak_model', '?')}",
-            ci_text(m["memorization_gap"], m["memorization_gap_interval"])
-            if m.get("memorization_gap_interval")
-            else f"{m['memorization_gap']:.3f}",
+            with_interval(m["memorization_gap"], m.get("memorization_gap_interval"), 3),
         ]
-        cells += [f"{m['canary_exposure_by_repeats'].get(r, float('nan')):.2f}" for r in repeats]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells += [number(m["canary_exposure_by_repeats"].get(r, float("nan")), 2) for r in repeats]
+        rows.append(cells)
     for name, m in no_leak.items():
-        cells = [f"{name} (no-leak)", "public", *auc_cells(m), "", ""] + [""] * len(repeats)
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append([f"{name} (no-leak)", "public", *auc_cells(m), "", ""] + [""] * len(repeats))
+    lines += markdown_table(head, rows)
     lines += ["", f"Verdict rule: {summary.get('rule', '')}"]
     levels = {m.get("canary_no_leak_level") for m in models.values()} - {None}
     if levels:
@@ -106,21 +112,17 @@ def audit_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def epsilon_cell(epsilon: float) -> str:
-    """Epsilon as a results table shows it: inf is not private, 0 never saw the private data."""
-    if not math.isfinite(epsilon):
-        return "inf (not private)"
-    return "0 (no private data)" if epsilon == 0 else f"{epsilon:.3f}"
-
-
 def results_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| Method | epsilon | Test perplexity | Parameters |", "|---|---:|---:|---:|"]
+    """results.md: one row per method, its epsilon (marked when the GDP accountant only approximates it), test
+    perplexity and parameter count."""
+    cells = []
     for r in rows:
         eps = epsilon_cell(r["epsilon"])
         if math.isfinite(r["epsilon"]) and not r.get("epsilon_is_upper_bound", True):
             eps = f"≈{eps} (GDP approximation)"
-        lines.append(f"| {r['label']} | {eps} | {r['test_perplexity']:.2f} | {r['num_parameters']:,} |")
-    return "\n".join(lines) + "\n"
+        cells.append([r["label"], eps, number(r["test_perplexity"], 2), thousands(r["num_parameters"])])
+    head = ["Method", "epsilon", "Test perplexity", "Parameters"]
+    return "\n".join(markdown_table(head, cells, align="lrrr")) + "\n"
 
 
 def plot_results(rows: list[dict[str, Any]], path: Path) -> None:
@@ -129,10 +131,7 @@ def plot_results(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig = Figure(figsize=(8, 4))
     ax = fig.add_subplot(1, 1, 1)
-    labels = [
-        f"{r['method']}\n(eps={'inf' if not math.isfinite(r['epsilon']) else format(r['epsilon'], '.2f')})"
-        for r in rows
-    ]
+    labels = [f"{r['method']}\n(eps={epsilon_number(r['epsilon'])})" for r in rows]
     ax.bar(range(len(rows)), [r["test_perplexity"] for r in rows], color="tab:blue")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("test perplexity (lower is better)")
