@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_dpkd._io import atomic_write_text
+from hf_dpkd.reporting import markdown_table
 from hf_dpkd.synthetic.control_codes import ControlCodeFormat
 from hf_dpkd.synthetic.quality_model_metrics import (
     conditional_log_likelihoods,
@@ -308,8 +309,7 @@ def quality_markdown(report: Mapping[str, Any]) -> str:
                 "higher (> 0: own code preferred)",
             )
         )
-    lines = ["| metric | synthetic | real (held-out) | better |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    lines = markdown_table(("metric", "synthetic", "real (held-out)", "better"), rows)
     head = (
         f"{report['num_synthetic']} synthetic texts vs {report['num_real']} real held-out texts; "
         f"{report['sample_size']} of each side drawn (seed {report['seed']}), self-BLEU on "
