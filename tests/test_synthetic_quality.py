@@ -59,11 +59,18 @@ def test_js_divergence_does_not_depend_on_the_string_hash_seed():
     import subprocess
     import sys
 
+    import hf_dpkd.synthetic.quality_text_metrics as metrics
+
+    # the module alone (standard library only), not the package: a fresh process per seed stays cheap
     code = textwrap.dedent(
-        """
-        from hf_dpkd.synthetic.quality import ngram_js_divergence
-        a = [f"the cat sat on the mat {i} times" for i in range(80)] + ["a dog ran far away quickly"] * 3
-        b = [f"the dog sat on a rug {7 * i} times" for i in range(90)]
+        f"""
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("metrics", {metrics.__file__!r})
+        metrics = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(metrics)
+        ngram_js_divergence = metrics.ngram_js_divergence
+        a = [f"the cat sat on the mat {{i}} times" for i in range(80)] + ["a dog ran far away quickly"] * 3
+        b = [f"the dog sat on a rug {{7 * i}} times" for i in range(90)]
         print(repr(ngram_js_divergence(a, b, n=1)), repr(ngram_js_divergence(a, b, n=2)))
         """
     )
