@@ -201,7 +201,10 @@ def test_pretraining_on_public_lowers_perplexity(demo, tmp_path):
         pretrain_on_public(model, tok, public, tmp_path, max_steps=0)
 
 
-def test_build_demo_models_caches_and_rebuilds(demo, tmp_path):
+def test_build_demo_models_caches_and_rebuilds(demo, tmp_path, monkeypatch):
+    monkeypatch.setenv(
+        "HF_DPKD_CACHE", "off"
+    )  # every base model pretrained here (the cache: test_base_model_cache)
     public = _public_texts(demo)[:200]
     tok = train_demo_tokenizer(public, vocab_size=400)
     kwargs = dict(pretrain_steps=2, max_length=32, batch_size=4)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,12 @@ from transformers import (
 )
 
 from hf_dpkd._io import atomic_write_text
+from hf_dpkd.data import base_model_cache
+from hf_dpkd.data.base_model_cache import COMPLETE
+
+logger = logging.getLogger(__name__)
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
-#: Written last (atomically) in a base-model folder: its presence means the folder is complete.
-COMPLETE = "READY"
 N_POSITIONS = 128
 
 TEACHER_CONFIG: dict[str, int] = dict(n_layer=4, n_embd=128, n_head=4, n_positions=N_POSITIONS)
@@ -203,6 +206,31 @@ def _fingerprint(
     return h.hexdigest()
 
 
+def base_model_settings(
+    kind: str,
+    *,
+    pretrain_steps: int = 200,
+    max_length: int = 64,
+    batch_size: int = 32,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+    pack: bool = True,
+    shapes: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Everything a demo base model of `kind` depends on besides the tokenizer and texts (its READY record)."""
+    shape = (shapes or {}).get(kind)
+    return {
+        "kind": kind,
+        "config": parse_shape(shape) if shape else KINDS[kind],
+        "pretrain_steps": pretrain_steps,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "seed": seed + list(KINDS).index(kind),  # the student's init differs from the teacher's
+        "pack": pack,
+    }
+
+
 def build_demo_models(
     run_dir: str | Path,
     tokenizer: PreTrainedTokenizerBase,
@@ -215,6 +243,7 @@ def build_demo_models(
     seed: int = 0,
     pack: bool = True,
     shapes: dict[str, str] | None = None,
+    use_cache: bool = True,
 ) -> dict[str, Path]:
     """Pretrain the demo teacher and student on public text, cached in ``run_dir/base/{teacher,student}``.
 
@@ -222,34 +251,35 @@ def build_demo_models(
 
     Each folder holds ``save_pretrained`` of the model and the tokenizer, then a ``READY`` marker (written
     last, atomically) recording the settings and a fingerprint of tokenizer + texts. A folder whose marker
-    exists and matches is reused as is; anything else (missing, partial, other settings) is rebuilt.
+    exists and matches is reused as is; anything else (missing, partial, other settings) is rebuilt: copied
+    from a shipped or cached base model with the same fingerprint (`hf_dpkd.data.base_model_cache`; not with
+    `use_cache=False`), else pretrained here and then cached.
     """
     paths: dict[str, Path] = {}
-    for offset, kind in enumerate(("teacher", "student")):
+    for kind in KINDS:
         out = Path(run_dir) / "base" / kind
-        shape = (shapes or {}).get(kind)
-        settings = {
-            "kind": kind,
-            "config": parse_shape(shape) if shape else KINDS[kind],
-            "pretrain_steps": pretrain_steps,
-            "max_length": max_length,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "seed": seed + offset,
-            "pack": pack,
-        }
+        settings = base_model_settings(
+            kind,
+            pretrain_steps=pretrain_steps,
+            max_length=max_length,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            pack=pack,
+            shapes=shapes,
+        )
         fingerprint = _fingerprint(tokenizer, public_texts, settings)
-        marker = out / COMPLETE
-        if marker.is_file():
-            try:
-                done = json.loads(marker.read_text()).get("fingerprint") == fingerprint
-            except (json.JSONDecodeError, AttributeError):
-                done = False
-            if done:
-                paths[kind] = out
-                continue
-            marker.unlink()
-        model = demo_model(tokenizer, kind, seed + offset, shape)
+        if base_model_cache.fingerprint_of(out) == fingerprint:
+            paths[kind] = out
+            continue
+        (out / COMPLETE).unlink(missing_ok=True)
+        found = base_model_cache.find(fingerprint) if use_cache else None
+        if found is not None:
+            logger.info("base %s: the pretrained model %s (same public inputs and settings)", kind, found[1])
+            base_model_cache.copy_finished(found[0], out, found[1])
+            paths[kind] = out
+            continue
+        model = demo_model(tokenizer, kind, settings["seed"], (shapes or {}).get(kind))
         metrics = pretrain_on_public(
             model,
             tokenizer,
@@ -259,7 +289,7 @@ def build_demo_models(
             max_length=max_length,
             batch_size=batch_size,
             learning_rate=learning_rate,
-            seed=seed + offset,
+            seed=settings["seed"],
             pack=pack,
         )
         model.save_pretrained(out)
@@ -271,6 +301,8 @@ def build_demo_models(
             "train_loss": metrics.get("train_loss"),
             "train_runtime_s": metrics.get("train_runtime"),
         }
-        atomic_write_text(marker, json.dumps(record, indent=2))
+        atomic_write_text(out / COMPLETE, json.dumps(record, indent=2))
+        if use_cache:
+            base_model_cache.keep(out, fingerprint)
         paths[kind] = out
     return paths

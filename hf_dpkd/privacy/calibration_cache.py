@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from hf_dpkd._cache import cache_dir as user_cache_dir
 from hf_dpkd._io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -25,12 +25,7 @@ logger = logging.getLogger(__name__)
 
 def cache_dir() -> Path | None:
     """The calibration cache's folder, or None when ``HF_DPKD_CACHE=off``."""
-    root = os.environ.get("HF_DPKD_CACHE")
-    if root is not None and root.strip().lower() in ("", "off", "0", "false", "none"):
-        return None
-    if root is None:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_dpkd"
-    return Path(root) / "calibration"
+    return user_cache_dir("calibration")
 
 
 def calibration_key(**inputs: Any) -> str:

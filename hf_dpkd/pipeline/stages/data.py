@@ -13,6 +13,7 @@ from hf_dpkd.pipeline.loading import check_splits, ensure_pad_token, load_model_
 
 if TYPE_CHECKING:
     from hf_dpkd.pipeline.context import RunContext
+    from hf_dpkd.run_config import RunConfig
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -21,16 +22,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     c = ctx.config
     info: dict[str, Any] = {"dataset": c.data.dataset}
     if c.data.dataset == "demo":
-        from hf_dpkd.data.demo import make_demo_dataset
-        from hf_dpkd.data.models import build_demo_models, train_demo_tokenizer
-        from hf_dpkd.synthetic.control_codes import ControlCodeFormat
+        from hf_dpkd.data.models import build_demo_models
 
-        demo = make_demo_dataset(
-            num_train=c.data.demo_num_train,
-            num_public=c.data.demo_num_public,
-            seed=c.pipeline.seed,
-            public_coverage=c.data.demo_public_coverage,
-        )
+        demo, public_texts, tokenizer = demo_public_inputs(c)
         public = demo.dataset["public"]
         private = DatasetDict({k: v for k, v in demo.dataset.items() if k != "public"})
         info["control_fields"] = [list(x) for x in demo.control_fields.items()]
@@ -38,18 +32,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         info.update(_public_domain(ctx, info["control_fields"], demo.domain))
         info["canaries"] = demo.canaries
         public.save_to_disk(str(ctx.run / "data" / "public"))
-        fmt = ControlCodeFormat(fields=tuple(demo.control_fields.items()))
-        public_texts = demo.public_texts(fmt)
-        tokenizer = train_demo_tokenizer(public_texts)
-        paths = build_demo_models(
-            ctx.run.path,
-            tokenizer,
-            public_texts,
-            pretrain_steps=c.teacher.pretrain_steps,
-            max_length=c.data.max_length,
-            seed=c.pipeline.seed,
-            shapes={"teacher": c.teacher.demo_teacher_shape, "student": c.teacher.demo_student_shape},
-        )
+        paths = build_demo_models(ctx.run.path, tokenizer, public_texts, **demo_base_model_settings(c))
         info["base_models"] = {k: str(v) for k, v in paths.items()}
     else:
         from hf_dpkd.data.loaders import declared_domain, load_private_dataset
@@ -94,6 +77,32 @@ def run(ctx: RunContext) -> dict[str, Any]:
     atomic_write_text(ctx.run / "data" / "info.json", json.dumps(info, indent=2))
     ctx.forget_data()
     return {"sizes": info["sizes"]}
+
+
+def demo_public_inputs(c: RunConfig) -> tuple[Any, list[str], Any]:
+    """The embedded demo of `c`, its public texts (control-coded) and the tokenizer learnt from them only."""
+    from hf_dpkd.data.demo import make_demo_dataset
+    from hf_dpkd.data.models import train_demo_tokenizer
+    from hf_dpkd.synthetic.control_codes import ControlCodeFormat
+
+    demo = make_demo_dataset(
+        num_train=c.data.demo_num_train,
+        num_public=c.data.demo_num_public,
+        seed=c.pipeline.seed,
+        public_coverage=c.data.demo_public_coverage,
+    )
+    public_texts = demo.public_texts(ControlCodeFormat(fields=tuple(demo.control_fields.items())))
+    return demo, public_texts, train_demo_tokenizer(public_texts)
+
+
+def demo_base_model_settings(c: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of `build_demo_models` that `c` sets."""
+    return {
+        "pretrain_steps": c.teacher.pretrain_steps,
+        "max_length": c.data.max_length,
+        "seed": c.pipeline.seed,
+        "shapes": {"teacher": c.teacher.demo_teacher_shape, "student": c.teacher.demo_student_shape},
+    }
 
 
 def _public_domain(
