@@ -26,7 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from hf_dpkd.privacy.accounting import PrivacyLedger
 from hf_dpkd.privacy.engine import DPSGDOptimizer, attach_grad_sampler
 from hf_dpkd.privacy.session import DP_STATE_NAME, PRIVACY_UNIT, DPSession
-from hf_dpkd.privacy.units import UNIT_KEY, UnitIndex, UnitLayout, micro_batch_bounds, unit_name
+from hf_dpkd.privacy.units import UNIT_KEY, UnitIndex, UnitLayout, unit_name
 from hf_dpkd.trainers.checkpoints import last_complete_checkpoint
 from hf_dpkd.trainers.dp_config import DPConfig
 from hf_dpkd.trainers.inputs import (
@@ -37,6 +37,7 @@ from hf_dpkd.trainers.inputs import (
     with_trl_formats,
 )
 from hf_dpkd.trainers.losses import causal_lm_labels, dp_forward_kwargs, per_sequence_nll
+from hf_dpkd.trainers.micro_batches import micro_batches
 from hf_dpkd.trainers.privacy_reporting import PRIVACY_REPORT_NAME, PrivacyReporting
 
 __all__ = ["DP_STATE_NAME", "PRIVACY_REPORT_NAME", "DPConfig", "DPTrainer"]
@@ -259,14 +260,10 @@ class DPTrainer(PrivacyReporting, Trainer):
         n = inputs["input_ids"].shape[0]
         total = torch.zeros((), device=self.args.device)
         physical = self.args.max_physical_batch_size or self.args.per_device_train_batch_size
-        for start, stop in micro_batch_bounds(n, physical, unit_ids):
-            micro = {
-                k: (v[start:stop] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v)
-                for k, v in inputs.items()
-            }
+        for micro, micro_units in micro_batches(inputs, physical, unit_ids):
             with self.compute_loss_context_manager():
                 losses = self.compute_per_sample_loss(model, micro)
-            units = UnitLayout(unit_ids[start:stop]) if unit_ids is not None else None
+            units = UnitLayout(micro_units) if micro_units is not None else None
             self._dp_optimizer.backward_microbatch(losses, units)
             total = total + losses.detach().float().sum()
         # Reported loss only (the update never uses it): the Trainer sums the accumulation parts, so
