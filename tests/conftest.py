@@ -25,6 +25,12 @@ def pytest_pycollect_makeitem(collector, name, obj):
     return None
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (the default, pyproject.toml): one worker per usable core, at most 8 (memory: each worker
+    holds tiny models, and the end-to-end tests start a pipeline subprocess)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
             scratch, tokenizer, public_texts, **demo_base_model_settings(config), use_cache=False
         )
         for kind, folder in paths.items():
-            base_model_cache.copy_finished(folder, base_model_cache.SHIPPED / kind, "python -m hf_dpkd.pipeline.ship_base_models")
+            base_model_cache.copy_finished(
+                folder, base_model_cache.SHIPPED / kind, "python -m hf_dpkd.pipeline.ship_base_models"
+            )
             print(f"{kind}: {base_model_cache.SHIPPED / kind} ({wanted[kind]})")
     return 0
 
