@@ -1,0 +1,109 @@
+"""The DP teacher's step with micro-batches in batch order at the batch's full width against micro-batches
+ordered by length and cut to their own longest row (what DPTrainer does), in one run.
+
+The demo's own teacher (GPT-2 4 x 128 from the shipped base model), its own private training rows (lengths as
+the pipeline tokenizes them) and its step: Poisson batches of 128 expected rows, micro-batches of 32, `auto`
+clipping. Both plans step the same batches, alternately, on the same thread count; one JSON line per plan with
+the median step time, the padded tokens it computes over per real token, and the time ratio to the old plan.
+
+    python benchmarks/micro_batch_padding.py [--steps 8] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def in_order(inputs, max_rows, unit_ids=None):
+    """The plan before ordering: consecutive rows, every micro-batch at the Poisson batch's full width."""
+    n = inputs["input_ids"].shape[0]
+    for s in range(0, n, max_rows):
+        yield {k: v[s : s + max_rows] for k, v in inputs.items()}, None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_dpkd.data.base_model_cache import SHIPPED
+    from hf_dpkd.data.demo import make_demo_dataset
+    from hf_dpkd.data.formats import PaddingCollator
+    from hf_dpkd.pipeline.loading import tokenize_for_lm
+    from hf_dpkd.privacy.engine import DPSGDOptimizer, attach_grad_sampler
+    from hf_dpkd.run_config import parse_run_config
+    from hf_dpkd.synthetic.control_codes import ControlCodeFormat
+    from hf_dpkd.trainers.losses import causal_lm_labels, dp_forward_kwargs, per_sequence_nll
+    from hf_dpkd.trainers.micro_batches import micro_batches
+
+    config = parse_run_config([])
+    demo = make_demo_dataset(
+        num_train=config.data.demo_num_train,
+        num_public=config.data.demo_num_public,
+        seed=config.pipeline.seed,
+        public_coverage=config.data.demo_public_coverage,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(SHIPPED / "teacher")
+    fmt = ControlCodeFormat(fields=tuple(demo.control_fields.items()))
+    rows = tokenize_for_lm(demo.dataset["train"], tokenizer, fmt, config.data.max_length)
+    rows = [{k: rows[i][k] for k in ("input_ids", "attention_mask", "labels")} for i in range(len(rows))]
+    collate = PaddingCollator(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(SHIPPED / "teacher")
+    model.train()
+    gsm = attach_grad_sampler(model, "auto", 1.0)
+    opt = DPSGDOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=config.teacher.teacher_batch_size,
+        grad_sample_module=gsm,
+        clipping_mode="auto",
+    )
+    q = config.teacher.teacher_batch_size / len(rows)
+    g = torch.Generator().manual_seed(0)
+    plans = {"in_order_full_width": in_order, "ordered_and_cut": micro_batches}
+    times: dict[str, list[float]] = {name: [] for name in plans}
+    tokens: dict[str, list[float]] = {name: [] for name in plans}
+    for step in range(args.steps + 1):
+        chosen = torch.nonzero(torch.rand(len(rows), generator=g) < q).flatten().tolist()
+        batch = collate([rows[i] for i in chosen])
+        real = int(batch["attention_mask"].sum())
+        for name, plan in plans.items():
+            start, computed = time.perf_counter(), 0
+            for micro, _ in plan(batch, config.teacher.max_physical_batch_size):
+                computed += micro["input_ids"].numel()
+                losses = per_sequence_nll(
+                    gsm(**dp_forward_kwargs(gsm, micro)).logits, causal_lm_labels(micro)
+                )
+                opt.backward_microbatch(losses)
+            opt.step()
+            opt.zero_grad()
+            if step:  # the first step warms up
+                times[name].append(time.perf_counter() - start)
+                tokens[name].append(computed / real)
+    median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    for name in plans:
+        print(
+            json.dumps(
+                {
+                    "plan": name,
+                    "median_step_s": round(median[name], 4),
+                    "tokens_per_real_token": round(sum(tokens[name]) / len(tokens[name]), 3),
+                    "time_ratio_vs_in_order": round(median[name] / median["in_order_full_width"], 3),
+                    "threads": args.threads,
+                    "steps": args.steps,
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
