@@ -300,6 +300,16 @@ CASES = [
         "cli-kd-lambda", _parse("--kd_lambda", "1.5"), r"--kd_lambda 1.5: must lie in \[0, 1\] \(paper: 0.4\)"
     ),
     Case(
+        "cli-train-dropout",
+        _parse("--train_dropout", "1"),
+        r"--train_dropout '1': give a probability in \[0, 1\) or 'keep'",
+    ),
+    Case(
+        "recipe-train-dropout",
+        _with_recipe("train_dropout: half\n"),
+        r"--train_dropout 'half': give a probability in \[0, 1\) or 'keep'",
+    ),
+    Case(
         "cli-temperature",
         _parse("--kd_temperature", "0"),
         r"--kd_temperature 0.0: must be > 0 \(paper: 1.0\)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
@@ -37,14 +38,47 @@ def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
+#: Config keys and module attributes that hold a dropout probability, across architectures (GPT-2's attn_pdrop,
+#: Llama's attention_dropout, OPT's activation_dropout, BERT's hidden_dropout_prob, T5's dropout_rate, ...).
+_DROPOUT_NAME = re.compile(r"(^|_)(dropout|pdrop)(_prob|_rate|_p)?$")
+
+
+def set_dropout(model: PreTrainedModel, p: float) -> None:
+    """Set every dropout probability of `model` to `p`: its config (so a saved folder says how it was trained),
+    every `nn.Dropout`, and float attributes modules read at call time (Llama's `attention_dropout`)."""
+    from torch.nn.modules.dropout import _DropoutNd
+
+    configs = [model.config, *(v for v in vars(model.config).values() if hasattr(v, "to_dict"))]
+    for config in configs:  # nested text/vision configs too
+        for key, value in list(vars(config).items()):
+            if _DROPOUT_NAME.search(key) and isinstance(value, float | int) and not isinstance(value, bool):
+                setattr(config, key, float(p))
+    for module in model.modules():
+        if isinstance(module, _DropoutNd):
+            module.p = float(p)
+        for key, value in list(vars(module).items()):
+            if _DROPOUT_NAME.search(key) and isinstance(value, float):
+                setattr(module, key, float(p))
+
+
 def load_model_and_tokenizer(
-    path: str | Path, argument: str = "model", base: str | Path | None = None
+    path: str | Path, argument: str = "model", base: str | Path | None = None, dropout: float | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a folder or a Hub id, with a clear error for a bad path.
 
     A LoRA adapter folder loads as the adapter merged into a fresh copy of `base` (the public base model it was
-    trained on; default: the base the adapter records), so every stage sees a plain model.
+    trained on; default: the base the adapter records), so every stage sees a plain model. `dropout`: every
+    dropout probability set to it (a model about to be trained; None keeps the checkpoint's).
     """
+    model, tokenizer = _load(path, argument, base)
+    if dropout is not None:
+        set_dropout(model, dropout)
+    return model, tokenizer
+
+
+def _load(
+    path: str | Path, argument: str, base: str | Path | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from hf_dpkd.peft_support import is_adapter_folder, load_merged
 
     path = str(path)

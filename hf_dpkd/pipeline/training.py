@@ -71,7 +71,7 @@ def train_private(
     final = output / "final"
     if (final / COMPLETE).is_file():
         return final
-    model, tokenizer = load_model_and_tokenizer(base)
+    model, tokenizer = load_model_and_tokenizer(base, dropout=c.teacher.train_dropout_probability())
     if peft == "lora" and target_epsilon is not None:
         from hf_dpkd.peft_support import add_lora
 

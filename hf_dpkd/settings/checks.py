@@ -62,6 +62,7 @@ def validate_run_config(config: RunConfig) -> None:
     parse_shape(t.demo_student_shape, "--demo_student_shape")
     _check_dp_settings(config)
     t.lora_settings()
+    t.train_dropout_probability()
     for name in (
         "teacher_epochs",
         "student_epochs",

@@ -94,6 +94,29 @@ class TeacherArguments(Arguments):
         },
     )
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input."})
+    train_dropout: str = field(
+        default="0",
+        metadata={
+            "help": "Dropout probability of every model while it trains here (teachers and students), or 'keep' "
+            "for each checkpoint's own. Default 0: DP-SGD's clipping and noise already regularise, and dropout "
+            "costs about 40%% of a small model's training step on CPU (docs/performance.md)."
+        },
+    )
+
+    def train_dropout_probability(self) -> float | None:
+        """--train_dropout as a probability, or None for 'keep' (checked: the error names the flag)."""
+        if self.train_dropout.strip().lower() == "keep":
+            return None
+        try:
+            p = float(self.train_dropout)
+        except ValueError:
+            p = -1.0
+        if not 0.0 <= p < 1.0:
+            raise ValueError(
+                f"--train_dropout {self.train_dropout!r}: give a probability in [0, 1) or 'keep' (each "
+                "checkpoint's own dropout)."
+            )
+        return p
 
     def lora_settings(self):
         """The LoRA settings of --lora_* (checked: every error names the flag)."""

@@ -70,7 +70,9 @@ def _train_on_synthetic(ctx: RunContext, method: str, output: Path) -> Path:
     final = output / "final"
     if (final / COMPLETE).is_file():
         return final
-    model, tokenizer = load_model_and_tokenizer(ctx.base_path("student"))
+    model, tokenizer = load_model_and_tokenizer(
+        ctx.base_path("student"), dropout=c.teacher.train_dropout_probability()
+    )
     synth = ctx.synthetic()
     split = synth.train_test_split(test_size=0.01, seed=c.pipeline.seed) if len(synth) >= 200 else None
     train = tokenize_for_lm(
