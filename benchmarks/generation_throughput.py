@@ -4,7 +4,10 @@
 (b) naive batched ``generate`` as reference scripts do it: batches of 64 prompts in allocation order (codes
     mixed), padded by the tokenizer to the longest prompt of the batch, 2 sequences per prompt, the
     library's no-repeat-n-gram processor,
-(c) ``generate_synthetic_dataset`` (length-sorted batches of 64 prompts, per-row length budget, shards of 256),
+(c) ``generate_synthetic_dataset`` (length-sorted batches of 64 prompts, per-row length budget, shards of 256;
+    finished rows leave the batch and the KV cache),
+(e) (c) with every row decoded until the last row of its batch stops, as ``generate`` does (ratio c/e: what
+    dropping finished rows saves; it depends on how much the sample lengths vary),
 (d) the decode-step bound of (c): the time (c) spends inside the model's forward (prefill, then one token
     per step on the KV cache, at (c)'s own batch sizes and KV lengths), timed around each forward while (c)
     runs, so both meet the same machine load. (d)'s tokens/s is (c)'s token count over those seconds, and
@@ -12,14 +15,15 @@
     (sampling, processors, stopping checks, input preparation, decoding to text) is what a faster loop
     could save.
 
-All use the paper's sampling settings (top_k 50, top_p 0.9, no_repeat_ngram_size 2) with max_length 64.
-Prints one JSON line per method (generated tokens/s, samples/s) and the ratios c/a and c/b. Generated
+All use the paper's sampling settings (top_k 50, top_p 0.9, no_repeat_ngram_size 2) with the pipeline's
+max_length 128. Prints one JSON line per method (generated tokens/s, samples/s) and the ratios c/a, c/b, c/e. Generated
 tokens are counted the same way for all three: new tokens up to the first eos/pad, within the prompt's
 own max_length budget.
 
     python benchmarks/generation_throughput.py [--prompts 256] [--quick] [--model demo|gpt2_124m]
 
-``--model gpt2_124m``: GPT-2 124M's shape (12 layers, width 768, 12 heads; random weights) over the demo
+``--model demo``: the public base teacher shipped with the package (4 x 128, pretrained on the demo's public
+reviews, so its samples end where reviews end). ``--model gpt2_124m``: GPT-2 124M's shape (12 layers, width 768, 12 heads; random weights) over the demo
 tokenizer's 1,024-token vocabulary, where the forward, not Python, dominates a decode step.
 """
 
@@ -43,11 +47,17 @@ def main() -> None:
         "--model",
         choices=("demo", "gpt2_124m"),
         default="demo",
-        help="The demo teacher (4 x 128) or GPT-2 124M's shape with random weights.",
+        help="The shipped public base teacher (4 x 128) or GPT-2 124M's shape with random weights.",
     )
+    parser.add_argument("--max_length", type=int, default=128, help="Tokens per sample, prompt included.")
     args = parser.parse_args()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hf_dpkd.synthetic.generation_loop as generation_loop
+    import hf_dpkd.synthetic.generation_shards as generation_shards
+    from hf_dpkd.data.base_model_cache import SHIPPED
     from hf_dpkd.data.demo import CONTROL_FIELDS, make_demo_dataset
-    from hf_dpkd.data.models import demo_config, demo_model, train_demo_tokenizer
+    from hf_dpkd.data.models import demo_config
     from hf_dpkd.privacy.histogram import allocate_prompts, uniform_distribution
     from hf_dpkd.synthetic import generation
     from hf_dpkd.synthetic.control_codes import ControlCodeFormat
@@ -55,9 +65,9 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     demo = make_demo_dataset(num_train=200, num_public=1000)
-    tok = train_demo_tokenizer(list(demo.dataset["public"]["text"]))
+    tok = AutoTokenizer.from_pretrained(SHIPPED / "teacher")
     if args.model == "demo":
-        model = demo_model(tok, "teacher").eval()
+        model = AutoModelForCausalLM.from_pretrained(SHIPPED / "teacher").eval()
     else:  # GPT-2 124M's layers and heads over the demo vocabulary (random weights: throughput only)
         from transformers import GPT2LMHeadModel
 
@@ -70,7 +80,7 @@ def main() -> None:
     # the default 256 (several batches per shard, sorted by prompt length), never more than the prompts asked:
     # (c) then generates exactly the prompts (a) and (b) do
     shard_size, seed = min(256, n_prompts), 0
-    gen = generation.SyntheticGenerationConfig(max_length=64, min_words=0)
+    gen = generation.SyntheticGenerationConfig(max_length=args.max_length, min_words=0)
     # the exact prompts (c) will draw, shard by shard
     codes = [
         c
@@ -137,8 +147,9 @@ def main() -> None:
 
     bound = {"seconds": 0.0, "calls": 0}
 
-    def ours():
-        inner, forward = model.generate, model.forward
+    def ours(keep_rows: bool = False):
+        forward, sample_rows = model.forward, generation_shards.sample_rows
+        share = generation_loop.COMPACT_SHARE
 
         def timed_forward(*a, **k):  # (d): the model's own forwards inside (c), timed as they run
             start = time.perf_counter()
@@ -147,14 +158,20 @@ def main() -> None:
             bound["calls"] += 1
             return out
 
-        def counting(*a, **k):
-            out = inner(*a, **k)
-            mask = k["attention_mask"]
-            count(out, mask.shape[1], mask.sum(1).tolist())
-            return out
+        def counting(model, input_ids, mask, *a, **k):
+            rows = sample_rows(model, input_ids, mask, *a, **k)
+            lens = mask.sum(1).tolist()
+            for j, row in enumerate(rows):
+                row = row[: gen.max_length - lens[j]]
+                counted["tokens"] += next((i for i, t in enumerate(row) if t in stop), len(row))
+                counted["samples"] += 1
+            return rows
 
-        model.forward = timed_forward
-        model.generate = counting
+        if not keep_rows:
+            model.forward = timed_forward
+        else:  # (e): a share above 1 never drops a row before the whole batch has stopped
+            generation_loop.COMPACT_SHARE = 2.0
+        generation_shards.sample_rows = counting
         try:
             with tempfile.TemporaryDirectory() as out:
                 ds = generation.generate_synthetic_dataset(
@@ -175,11 +192,13 @@ def main() -> None:
                     (c[0], c[1]) for c in codes for _ in range(gen.num_return_sequences)
                 )  # the same prompts as (a) and (b)
         finally:
-            del model.generate, model.forward
+            model.__dict__.pop("forward", None)
+            generation_shards.sample_rows, generation_loop.COMPACT_SHARE = sample_rows, share
 
     a = timed("a_one_at_a_time", one_at_a_time)
     b = timed("b_naive_batched", naive_batched)
     c = timed("c_ours", ours)
+    e = timed("e_ours_rows_kept_until_batch_ends", lambda: ours(keep_rows=True))
     bound_s = bound["seconds"]
     d = {
         "method": "d_decode_step_bound",
@@ -194,6 +213,7 @@ def main() -> None:
                 "model": args.model,
                 "ratio_c_over_a": round(c["tokens_per_s"] / a["tokens_per_s"], 2),
                 "ratio_c_over_b": round(c["tokens_per_s"] / b["tokens_per_s"], 2),
+                "ratio_c_over_e": round(c["tokens_per_s"] / e["tokens_per_s"], 2),
                 "c_share_of_bound": round(bound_s / c["seconds"], 2),
                 "prompts": n_prompts,
                 "device": "cpu, 1 thread",

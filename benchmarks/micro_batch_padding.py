@@ -32,30 +32,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from demo_inputs import demo_training_rows  # benchmarks/demo_inputs.py, next to this script
+    from transformers import AutoModelForCausalLM
 
     from hf_dpkd.data.base_model_cache import SHIPPED
-    from hf_dpkd.data.demo import make_demo_dataset
-    from hf_dpkd.data.formats import PaddingCollator
-    from hf_dpkd.pipeline.loading import tokenize_for_lm
     from hf_dpkd.privacy.engine import DPSGDOptimizer, attach_grad_sampler
-    from hf_dpkd.run_config import parse_run_config
-    from hf_dpkd.synthetic.control_codes import ControlCodeFormat
     from hf_dpkd.trainers.losses import causal_lm_labels, dp_forward_kwargs, per_sequence_nll
     from hf_dpkd.trainers.micro_batches import micro_batches
 
-    config = parse_run_config([])
-    demo = make_demo_dataset(
-        num_train=config.data.demo_num_train,
-        num_public=config.data.demo_num_public,
-        seed=config.pipeline.seed,
-        public_coverage=config.data.demo_public_coverage,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(SHIPPED / "teacher")
-    fmt = ControlCodeFormat(fields=tuple(demo.control_fields.items()))
-    rows = tokenize_for_lm(demo.dataset["train"], tokenizer, fmt, config.data.max_length)
-    rows = [{k: rows[i][k] for k in ("input_ids", "attention_mask", "labels")} for i in range(len(rows))]
-    collate = PaddingCollator(tokenizer)
+    config, _, rows, collate = demo_training_rows("teacher")
     model = AutoModelForCausalLM.from_pretrained(SHIPPED / "teacher")
     model.train()
     gsm = attach_grad_sampler(model, "auto", 1.0)

@@ -355,3 +355,62 @@ def test_sampling_processors_are_generates_warpers_in_generates_order():
         assert [type(p) for p in ours[:-1]] == [type(p) for p in theirs]
         for a, b in zip(ours[:-1], theirs):
             assert vars(a) == vars(b), (a, b)
+
+
+class _RowLengthBudget:
+    """The reference's stopping rule: row i stops once it holds ends[i] tokens (left padding included)."""
+
+    def __init__(self, ends: torch.Tensor):
+        self.ends = ends
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return input_ids.shape[1] >= self.ends
+
+
+@pytest.mark.parametrize("share", [0.0, 0.125, 2.0], ids=["drop-at-once", "drop-in-groups", "never-drop"])
+def test_dropping_finished_rows_samples_what_generate_samples(teacher, share, monkeypatch):
+    """Against `generate` (every row decoded until the last stops): greedy processors, left-padded prompts,
+    rows that stop at different steps on a stop token or on their own length budget. Each row's tokens must
+    be generate's, up to and including its stop token."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    import hf_dpkd.synthetic.generation_loop as loop
+    from hf_dpkd.synthetic.generation_decoding import ExponentialRaceSampler, sampling_processors
+
+    monkeypatch.setattr(loop, "COMPACT_SHARE", share)
+    model, tok, _ = teacher
+    g = torch.Generator().manual_seed(0)
+    rows, width, vocab = 12, 6, model.config.vocab_size
+    pads = torch.tensor([0, 3, 1, 0, 2, 5, 0, 4, 1, 0, 3, 2])
+    ids = torch.randint(3, vocab, (rows, width), generator=g)
+    mask = (torch.arange(width)[None, :] >= pads[:, None]).long()
+    ids = ids.masked_fill(mask == 0, tok.pad_token_id)
+    ends = pads + torch.tensor([20, 9, 20, 14, 20, 20, 7, 20, 20, 12, 20, 20])
+
+    def greedy(_rows=None):  # top-1 is deterministic: the race then always draws the argmax
+        return LogitsProcessorList([*sampling_processors(1, 1.0, 1.0)])
+
+    assert isinstance(greedy()[-1], ExponentialRaceSampler)
+    # stop tokens: two tokens the greedy continuations reach at different steps (found with generate)
+    free = model.generate(
+        input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=14, pad_token_id=0
+    )
+    counts = torch.bincount(free[:, width:].reshape(-1), minlength=vocab)
+    stop = set(counts.argsort(descending=True)[:2].tolist())
+    reference = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        logits_processor=greedy(),
+        stopping_criteria=StoppingCriteriaList([_RowLengthBudget(ends)]),
+        eos_token_id=sorted(stop),
+        pad_token_id=tok.pad_token_id,
+        max_new_tokens=int((ends - width).max()),
+    )[:, width:].tolist()
+    ours = loop.sample_rows(model, ids, mask, greedy, ends, stop, tok.pad_token_id)
+    lengths = set()
+    for i, row in enumerate(reference):
+        end = next((k + 1 for k, t in enumerate(row) if t in stop), int(ends[i]) - width)
+        assert ours[i] == row[:end], i
+        lengths.add(end)
+    assert len(lengths) >= 4  # rows really stopped at different steps

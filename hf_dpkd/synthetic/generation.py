@@ -5,13 +5,13 @@ with a seed derived from (seed, i) and samples with another seed derived from it
 function of its index: a killed run resumes by skipping the shard files it finds, and several processes
 split the shards (i % world_size) with no overlap. Inside a shard, prompts are sorted by token length and
 batched with LEFT padding (most batches need little), sampled with the KV cache under `inference_mode`;
-each row stops at its own length budget (max_length counts its own prompt, not the padding) or at eos,
-and the no-repeat-n-gram processor ignores the padding.
+each row stops at its own length budget (max_length counts its own prompt, not the padding) or at eos and
+then leaves the batch, and the no-repeat-n-gram processor ignores the padding.
 
 This module holds the public entry points (the sampling settings, generate and load a dataset) with
 what makes a run resumable (the settings a shard depends on, the assembly of the shard files through the
-quality filters). One shard's sampling is :mod:`.generation_shards`, the padding-aware processor and
-stopping criterion :mod:`.generation_decoding`, prompt ids and position fitting
+quality filters). One shard's sampling is :mod:`.generation_shards`, its decode loop :mod:`.generation_loop`,
+the padding-aware processor and the sampler :mod:`.generation_decoding`, prompt ids and position fitting
 :mod:`.generation_prompts`.
 """
 

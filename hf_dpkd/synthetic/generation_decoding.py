@@ -1,11 +1,10 @@
-"""What `generate` needs to sample a batch of LEFT-padded prompts as if each were alone.
+"""The logits processors that sample a batch of LEFT-padded prompts as if each were alone.
 
-A logits processor that bans repeated n-grams without counting the padding, and a stopping criterion
-that gives each row its own length budget (its prompt plus text, padding not counted). transformers'
-own versions look at the padded rows, so a padded prompt would be sampled differently from the same
-prompt unpadded. And the sampler itself as the last processor (`ExponentialRaceSampler`), which `generate`
-then runs greedily: on CPU, ``torch.multinomial`` over a [rows, vocab] batch is the largest cost of a
-small model's decode step after its forward, and the sampler draws the same law for a quarter of it.
+A processor that bans repeated n-grams without counting the padding (transformers' own looks at the padded
+rows, so a padded prompt would be sampled differently from the same prompt unpadded). And the sampler itself
+as the last processor (`ExponentialRaceSampler`), whose one-hot scores the decode loop takes the argmax of:
+on CPU, ``torch.multinomial`` over a [rows, vocab] batch is the largest cost of a small model's decode step
+after its forward, and the sampler draws the same law for a quarter of it.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import torch
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
-    StoppingCriteria,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -50,16 +48,6 @@ class BatchedNoRepeatNGramLogitsProcessor(LogitsProcessor):
         banned = scores.new_zeros((scores.shape[0], vocab + 1), dtype=torch.bool)
         banned.scatter_(1, torch.where(match, windows[:, :, -1].clamp(max=vocab), vocab), True)
         return scores.masked_fill(banned[:, :vocab], float("-inf"))
-
-
-class RowLengthBudget(StoppingCriteria):
-    """Stop each row once it holds `max_length` tokens of its OWN prompt + text (left padding not counted)."""
-
-    def __init__(self, ends: torch.Tensor):
-        self.ends = ends
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return input_ids.shape[1] >= self.ends.to(input_ids.device)
 
 
 class ExponentialRaceSampler(LogitsProcessor):

@@ -2,22 +2,21 @@
 
 A shard is a pure function of (seed, shard index), which is what makes generation resumable (a finished
 shard file is never regenerated) and splittable over processes (shard i on process i % world_size). Its
-prompts are sorted by token length, batched with LEFT padding and sampled with the KV cache.
+prompts are sorted by token length, batched with LEFT padding and sampled with the KV cache, finished rows
+dropped from the batch (generation_loop).
 """
 
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList
+from transformers import LogitsProcessorList
 
-from hf_dpkd.synthetic.generation_decoding import (
-    BatchedNoRepeatNGramLogitsProcessor,
-    RowLengthBudget,
-    sampling_processors,
-)
+from hf_dpkd.synthetic.generation_decoding import BatchedNoRepeatNGramLogitsProcessor, sampling_processors
+from hf_dpkd.synthetic.generation_loop import sample_rows
 from hf_dpkd.synthetic.generation_prompts import fit_positions, position_limit, prompt_ids, special_ids
 
 if TYPE_CHECKING:
@@ -27,6 +26,16 @@ if TYPE_CHECKING:
 def shard_seed(seed: int, shard: int) -> int:
     """The seed of shard `shard` of a run seeded `seed` (its codes; its sampling uses this + 1)."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{shard}".encode()).digest()[:4], "little")
+
+
+def _processors(ngram: int, pads: torch.Tensor, sampling, rows: torch.Tensor) -> LogitsProcessorList:
+    """The logits processors of the running `rows`: the padding-aware n-gram ban, then sampling as processors
+    (run greedily: the same law as do_sample=True, without multinomial)."""
+    processors = LogitsProcessorList()
+    if ngram > 0:
+        processors.append(BatchedNoRepeatNGramLogitsProcessor(ngram, pads[rows]))
+    processors.extend(sampling)
+    return processors
 
 
 def generate_shard(model, tokenizer, fmt, codes, gen: SyntheticGenerationConfig, batch_size: int, seed: int):
@@ -45,7 +54,7 @@ def generate_shard(model, tokenizer, fmt, codes, gen: SyntheticGenerationConfig,
         batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         for batch in (part for b in batches for part in fit_positions(b, ids, codes, gen.max_length, limit)):
             prompts = [ids[codes[i]] for i in batch]
-            width, shortest = max(map(len, prompts)), min(map(len, prompts))
+            width = max(map(len, prompts))
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, p in enumerate(prompts):  # left padding: every prompt ends at column `width`
@@ -54,25 +63,17 @@ def generate_shard(model, tokenizer, fmt, codes, gen: SyntheticGenerationConfig,
             # r rows per prompt, adjacent (as num_return_sequences would lay them out)
             input_ids, mask = input_ids.repeat_interleave(r, dim=0), mask.repeat_interleave(r, dim=0)
             pads = torch.tensor([width - len(p) for p in prompts]).repeat_interleave(r)
-            processors = LogitsProcessorList()
-            if gen.no_repeat_ngram_size > 0:
-                processors.append(BatchedNoRepeatNGramLogitsProcessor(gen.no_repeat_ngram_size, pads))
-            # sampling as processors, run greedily: the same law as do_sample=True, without multinomial
-            processors.extend(sampling_processors(gen.top_k, gen.top_p, gen.temperature))
-            stopping = StoppingCriteriaList([RowLengthBudget(pads + gen.max_length)])
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
-                do_sample=False,
-                no_repeat_ngram_size=0,
-                logits_processor=processors,
-                stopping_criteria=stopping,
-                max_new_tokens=gen.max_length - shortest,
-                pad_token_id=pad_id,
-                eos_token_id=eos_id,
-                use_cache=True,
+            sampling = sampling_processors(gen.top_k, gen.top_p, gen.temperature)
+            processors_for = partial(_processors, gen.no_repeat_ngram_size, pads.to(device), sampling)
+            new = sample_rows(
+                model,
+                input_ids.to(device),
+                mask.to(device),
+                processors_for,
+                ends=pads + gen.max_length,
+                stop_ids=stop,
+                pad_id=pad_id,
             )
-            new = out[:, width:].tolist()
             kept = []
             for j, toks in enumerate(new):
                 toks = toks[: gen.max_length - len(prompts[j // r])]  # max_length counts the own prompt
