@@ -32,26 +32,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from demo_inputs import demo_training_rows  # benchmarks/demo_inputs.py, next to this script
+    from demo_inputs import demo_training_rows, dp_sgd, dp_step  # benchmarks/demo_inputs.py, next to this
     from transformers import AutoModelForCausalLM
 
     from hf_dpkd.data.base_model_cache import SHIPPED
-    from hf_dpkd.privacy.engine import DPSGDOptimizer, attach_grad_sampler
-    from hf_dpkd.trainers.losses import causal_lm_labels, dp_forward_kwargs, per_sequence_nll
     from hf_dpkd.trainers.micro_batches import micro_batches
 
     config, _, rows, collate = demo_training_rows("teacher")
-    model = AutoModelForCausalLM.from_pretrained(SHIPPED / "teacher")
-    model.train()
-    gsm = attach_grad_sampler(model, "auto", 1.0)
-    opt = DPSGDOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        expected_batch_size=config.teacher.teacher_batch_size,
-        grad_sample_module=gsm,
-        clipping_mode="auto",
-    )
+    gsm, opt = dp_sgd(AutoModelForCausalLM.from_pretrained(SHIPPED / "teacher"), config)
     q = config.teacher.teacher_batch_size / len(rows)
     g = torch.Generator().manual_seed(0)
     plans = {"in_order_full_width": in_order, "ordered_and_cut": micro_batches}
@@ -62,15 +50,8 @@ def main() -> None:
         batch = collate([rows[i] for i in chosen])
         real = int(batch["attention_mask"].sum())
         for name, plan in plans.items():
-            start, computed = time.perf_counter(), 0
-            for micro, _ in plan(batch, config.teacher.max_physical_batch_size):
-                computed += micro["input_ids"].numel()
-                losses = per_sequence_nll(
-                    gsm(**dp_forward_kwargs(gsm, micro)).logits, causal_lm_labels(micro)
-                )
-                opt.backward_microbatch(losses)
-            opt.step()
-            opt.zero_grad()
+            start = time.perf_counter()
+            computed = dp_step(gsm, opt, batch, plan, config.teacher.max_physical_batch_size)
             if step:  # the first step warms up
                 times[name].append(time.perf_counter() - start)
                 tokens[name].append(computed / real)

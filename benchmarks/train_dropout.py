@@ -26,13 +26,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from demo_inputs import demo_training_rows  # benchmarks/demo_inputs.py, next to this script
+    from demo_inputs import demo_training_rows, dp_sgd, dp_step  # benchmarks/demo_inputs.py, next to this
     from transformers import AutoModelForCausalLM
 
     from hf_dpkd.data.base_model_cache import SHIPPED
     from hf_dpkd.pipeline.loading import set_dropout
-    from hf_dpkd.privacy.engine import DPSGDOptimizer, attach_grad_sampler
-    from hf_dpkd.trainers.losses import causal_lm_labels, dp_forward_kwargs, per_sequence_nll
     from hf_dpkd.trainers.micro_batches import micro_batches
 
     config, _, rows, collate = demo_training_rows("teacher")
@@ -44,14 +42,8 @@ def main() -> None:
             set_dropout(model, 0.0)
         return model.train()
 
-    def dp_step(model_and_opt, batch):
-        gsm, opt = model_and_opt
-        for micro, _ in micro_batches(batch, config.teacher.max_physical_batch_size):
-            opt.backward_microbatch(
-                per_sequence_nll(gsm(**dp_forward_kwargs(gsm, micro)).logits, causal_lm_labels(micro))
-            )
-        opt.step()
-        opt.zero_grad()
+    def teacher_step(gsm_and_opt, batch):
+        dp_step(*gsm_and_opt, batch, micro_batches, config.teacher.max_physical_batch_size)
 
     def plain_step(model_and_opt, batch):
         model, opt = model_and_opt
@@ -60,16 +52,7 @@ def main() -> None:
         opt.zero_grad()
 
     def dp_teacher(variant: str):
-        gsm = attach_grad_sampler(loaded("teacher", variant), "auto", 1.0)
-        opt = DPSGDOptimizer(
-            torch.optim.SGD(gsm.parameters(), lr=0.0),
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            expected_batch_size=config.teacher.teacher_batch_size,
-            grad_sample_module=gsm,
-            clipping_mode="auto",
-        )
-        return gsm, opt
+        return dp_sgd(loaded("teacher", variant), config)
 
     def plain_student(variant: str):
         model = loaded("student", variant)
@@ -78,7 +61,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     q = config.teacher.teacher_batch_size / len(rows)
     cases = {
-        "teacher_dp_sgd_step": (dp_teacher, dp_step, lambda: torch.rand(len(rows), generator=g) < q),
+        "teacher_dp_sgd_step": (dp_teacher, teacher_step, lambda: torch.rand(len(rows), generator=g) < q),
         "student_plain_step": (
             plain_student,
             plain_step,

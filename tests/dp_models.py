@@ -10,7 +10,7 @@ from hf_dpkd.trainers.losses import dp_forward_kwargs, per_sequence_nll
 VOCAB = 64
 
 
-def tiny_gpt2(tied: bool = True, seed: int = 0) -> GPT2LMHeadModel:
+def tiny_gpt2(tied: bool = True, seed: int = 0, dropout: float = 0.0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     cfg = GPT2Config(
         n_layer=2,
@@ -19,9 +19,9 @@ def tiny_gpt2(tied: bool = True, seed: int = 0) -> GPT2LMHeadModel:
         vocab_size=VOCAB,
         n_positions=32,
         tie_word_embeddings=tied,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
         bos_token_id=0,
         eos_token_id=0,
     )
@@ -48,7 +48,7 @@ def tiny_word_lm(vocab_size: int, n_layer: int = 1, n_embd: int = 16, seed: int 
     )
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+def tiny_llama(seed: int = 0, attention_dropout: float = 0.0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         hidden_size=32,
@@ -62,6 +62,7 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
         eos_token_id=0,
         pad_token_id=0,
         tie_word_embeddings=False,
+        attention_dropout=attention_dropout,
     )
     return LlamaForCausalLM(cfg)
 

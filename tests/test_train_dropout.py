@@ -7,37 +7,23 @@ import json
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from hf_dpkd.pipeline.loading import load_model_and_tokenizer, set_dropout
 from hf_dpkd.run_config import parse_run_config
+from tests.dp_models import VOCAB, tiny_gpt2, tiny_llama
 
 
-def _gpt2_with_dropout(p: float) -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32)
-    config.attn_pdrop = config.resid_pdrop = config.embd_pdrop = p
-    return GPT2LMHeadModel(config)
+def _gpt2_with_dropout(p: float):
+    return tiny_gpt2(dropout=p)
 
 
-def _llama_with_dropout(p: float) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        max_position_embeddings=32,
-        attention_dropout=p,
-    )
-    return LlamaForCausalLM(config)
+def _llama_with_dropout(p: float):
+    return tiny_llama(attention_dropout=p)
 
 
 def _two_train_mode_forwards(model) -> tuple[torch.Tensor, torch.Tensor]:
     model.train()
-    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         return model(input_ids=ids).logits, model(input_ids=ids).logits
 
@@ -52,7 +38,7 @@ def test_zero_dropout_makes_training_mode_deterministic(factory):
     assert torch.equal(first, second)
     model.eval()
     with torch.no_grad():  # and the train-mode forward is now the eval-mode one
-        ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+        ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(1))
         assert torch.allclose(model(input_ids=ids).logits, first, atol=1e-6)
 
 
