@@ -23,4 +23,5 @@ QUICK = {
     "on_policy_epochs": 1.0,
     "audit_num_records": 32,
     "audit_mope_perturbations": 2,
+    "audit_canary_candidates": 200,
 }
