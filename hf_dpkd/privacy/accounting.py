@@ -125,7 +125,7 @@ def compute_epsilon(history: list[tuple], delta: float, accountant: str = "prv")
 @functools.lru_cache(maxsize=256)
 def _opacus_epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
     """Opacus' epsilon of a composed history, memoised: a pure function of its arguments, asked for the same
-    ledger many times per training (logs, report, card, saved artifacts; about 0.2 s each with PRV)."""
+    ledger many times per training (logs, report, card, saved artifacts; 0.2-0.3 s each with PRV)."""
     if accountant == "rdp":
         from opacus.accountants import RDPAccountant
 

@@ -99,7 +99,7 @@ class TeacherArguments(Arguments):
         metadata={
             "help": "Dropout probability of every model while it trains here (teachers and students), or 'keep' "
             "for each checkpoint's own. Default 0: DP-SGD's clipping and noise already regularise, and dropout "
-            "costs about 40%% of a small model's training step on CPU (docs/performance.md)."
+            "makes a small model's training step about 1.4x slower on CPU (docs/performance.md)."
         },
     )
 
