@@ -327,6 +327,7 @@ CASES = [
         r"--audit_canary_candidates 5: must be >= 100",
     ),
     Case("cli-cpu-threads", _parse("--cpu_threads", "0"), r"--cpu_threads 0: must be >= 1"),
+    Case("cli-cpu-workers", _parse("--cpu_workers", "0"), r"--cpu_workers 0: must be >= 1"),
     Case(
         "cli-hub-id",
         _parse("--push_student", "not a repo"),

@@ -44,6 +44,7 @@ NEUTRAL_BEFORE = {
     "audit_mope_perturbations",
     "audit_canary_candidates",
     "cpu_threads",
+    "cpu_workers",
     "repeats",
     "verbose",
 }

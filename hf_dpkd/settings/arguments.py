@@ -80,6 +80,14 @@ class PipelineArguments(Arguments):
             "without a config would otherwise leave one). Multi-process runs keep the launcher's setting."
         ),
     )
+    cpu_workers: int | None = field(
+        default=None,
+        metadata=neutral(
+            help="Processes that run a stage's independent jobs at once on CPU (synthetic shards, students), "
+            "--cpu_threads divided among them (default: one per usable core; 1 runs them one after another). "
+            "Linux only; runs on an accelerator or under a multi-process launch use 1."
+        ),
+    )
     verbose: bool = field(
         default=False,
         metadata=neutral(

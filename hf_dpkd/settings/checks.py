@@ -38,6 +38,11 @@ def validate_run_config(config: RunConfig) -> None:
         raise ValueError(
             f"--cpu_threads {p.cpu_threads}: must be >= 1 (or left unset for every usable core)."
         )
+    if p.cpu_workers is not None and p.cpu_workers < 1:
+        raise ValueError(
+            f"--cpu_workers {p.cpu_workers}: must be >= 1 (1 runs a stage's jobs one after another; unset: one "
+            "per usable core)."
+        )
     d = config.data
     if d.control_domain is not None:
         parse_control_domain(d.control_domain)

@@ -43,6 +43,7 @@ from hf_dpkd.synthetic.generation_prompts import position_limit, prompt_ids, spe
 # `generation._shard_seed` to draw the prompts a run draws.
 from hf_dpkd.synthetic.generation_shards import generate_shard as _generate_shard
 from hf_dpkd.synthetic.generation_shards import shard_seed as _shard_seed
+from hf_dpkd.workers import run_jobs
 
 __all__ = [
     "DATA_FILE",
@@ -181,12 +182,14 @@ def _assemble(
     return rows, report
 
 
-def _check_inputs(model, tokenizer, distribution, num_samples, fmt, gen, batch_size, shard_size) -> None:
+def _check_inputs(
+    model, tokenizer, distribution, num_samples, fmt, gen, batch_size, shard_size, cpu_workers
+) -> None:
     if not isinstance(num_samples, int) or num_samples <= 0:
         raise ValueError(
             f"num_samples={num_samples!r} must be > 0 (an int: the number of synthetic texts to produce)."
         )
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("cpu_workers", cpu_workers)):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name}={value!r} must be an int > 0.")
     if not isinstance(distribution, ControlCodeDistribution):
@@ -234,6 +237,7 @@ def generate_synthetic_dataset(
     shard_size: int = 256,
     filters: Sequence[str | Callable[[str], bool]] | None = None,
     show_progress: bool = True,
+    cpu_workers: int = 1,
 ) -> Dataset:
     """Generate exactly `num_samples` filtered synthetic texts into `output_dir` (resumable) and return them.
 
@@ -241,12 +245,14 @@ def generate_synthetic_dataset(
     prompts per shard file. `filters`: names among
     ("empty", "short", "duplicate") (default: all three) and/or callables ``text -> keep?``. Under several
     processes (accelerate/torchrun) every process generates its shards and every process returns the dataset;
-    the main process writes ``data/train-00000-of-00001.parquet`` and ``generation_info.json``.
+    the main process writes ``data/train-00000-of-00001.parquet`` and ``generation_info.json``. `cpu_workers`
+    > 1 in a single CPU process: shards are generated on that many forked processes (hf_dpkd.workers) with the
+    process's torch threads divided among them; the shards, a function of (seed, shard) only, are the same.
     """
     gen = generation or SyntheticGenerationConfig()
     filters = list(DEFAULT_FILTERS if filters is None else filters)
     filter_names = _filter_names(filters)
-    _check_inputs(model, tokenizer, distribution, num_samples, fmt, gen, batch_size, shard_size)
+    _check_inputs(model, tokenizer, distribution, num_samples, fmt, gen, batch_size, shard_size, cpu_workers)
     if distribution.leaks_private_data:
         logger.warning(
             "Generating from the EXACT private control-code histogram: the synthetic data is NOT private."
@@ -301,20 +307,32 @@ def generate_synthetic_dataset(
     was_training = model.training
     model.eval()
     generated, start, rounds = 0, time.perf_counter(), 0
+
+    def write_shard(shard: int) -> int:
+        """Generate and write one shard (a pure function of seed and shard: any process may run it)."""
+        shard_seed = _shard_seed(seed, shard)
+        codes = allocate_prompts(distribution, shard_size, seed=shard_seed)
+        with torch.inference_mode():
+            rows = _generate_shard(model, tokenizer, fmt, codes, gen, batch_size, shard_seed + 1)
+        atomic_write_bytes(shard_path(shard), "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
+        return len(rows)
+
+    def shard_path(shard: int) -> Path:
+        return shards_dir / f"shard-{shard:05d}.jsonl"
+
+    # several processes of a launch split the shards; a single CPU process may fork local workers for its own
+    local_workers = cpu_workers if state.num_processes == 1 and model.device.type == "cpu" else 1
     try:
         while True:
             rounds += 1
-            for shard in range(num_shards):
-                path = shards_dir / f"shard-{shard:05d}.jsonl"
-                if shard % state.num_processes != state.process_index or path.is_file():
-                    continue
-                shard_seed = _shard_seed(seed, shard)
-                codes = allocate_prompts(distribution, shard_size, seed=shard_seed)
-                with torch.inference_mode():
-                    rows = _generate_shard(model, tokenizer, fmt, codes, gen, batch_size, shard_seed + 1)
-                atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
-                generated += len(rows)
-                progress.update(min(len(rows) * state.num_processes, num_samples - progress.n))
+            todo = [
+                shard
+                for shard in range(num_shards)
+                if shard % state.num_processes == state.process_index and not shard_path(shard).is_file()
+            ]
+            for _, num_rows in run_jobs(write_shard, todo, local_workers):
+                generated += num_rows
+                progress.update(min(num_rows * state.num_processes, num_samples - progress.n))
                 progress.set_postfix(samples_per_s=f"{generated / (time.perf_counter() - start):.1f}")
             state.wait_for_everyone()
             rows, report = _assemble(shards_dir, num_shards, gen, filters)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset
 
 from hf_dpkd.pipeline.loading import load_model_and_tokenizer
+from hf_dpkd.workers import resolve_cpu_workers
 
 if TYPE_CHECKING:
     from hf_dpkd.pipeline.context import RunContext
@@ -50,6 +51,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         generation=gen,
         seed=c.pipeline.seed,
         batch_size=g.generation_batch_size,
+        cpu_workers=resolve_cpu_workers(c.pipeline.cpu_workers),
     )
     ledger = ctx.teacher_ledger()
     ledger.save(out)
