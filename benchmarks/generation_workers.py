@@ -21,7 +21,9 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shards", type=int, default=4, help="Shards of 256 prompts x 2 samples to generate.")
+    parser.add_argument(
+        "--shards", type=int, default=4, help="Shards of 256 prompts x 2 samples to generate."
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
