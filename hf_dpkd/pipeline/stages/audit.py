@@ -15,6 +15,11 @@ from hf_dpkd.pipeline.report import audit_markdown, ci_text
 if TYPE_CHECKING:
     from hf_dpkd.pipeline.context import RunContext
 
+#: Records per greedy-generation batch of the memorization test: 64 instead of the function's 8 takes the
+#: demo's test from 3.0 s to 1.1 s per model on 2 CPU cores, with the same agreement scores there (a record's
+#: greedy continuation does not depend on the other records of its batch).
+MEMORIZATION_BATCH_SIZE = 64
+
 
 def run(ctx: RunContext) -> dict[str, Any]:
     from hf_dpkd.audit.canaries import Canary, canary_exposures
@@ -121,6 +126,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                 non_members,
                 prompt_tokens=8,
                 num_tokens=16,
+                batch_size=MEMORIZATION_BATCH_SIZE,
                 show_progress=False,
             ),
             "meta": {
