@@ -360,3 +360,25 @@ def test_a_run_without_noise_writes_no_privacy_card(tmp_path):
     trainer.train()
     trainer.save_model(str(tmp_path / "final"))
     assert not (tmp_path / "final" / "README.md").exists()
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_max_steps_within_budget_is_the_last_step_a_linear_search_allows(tmp_path, accountant):
+    """The budget's last step, found by doubling then bisection (one check when calibration is tight), equals
+    the reference: count up one step at a time from the planned steps while epsilon stays within target."""
+    from hf_dpkd.privacy.accounting import compute_epsilon
+
+    session = _trainer(tmp_path, target_epsilon=1.0, max_steps=6, accountant=accountant).dp_session
+
+    def reference(start: int) -> int:
+        k = start
+        while (
+            compute_epsilon(session.prior_history + [session.release_entry(k + 1)], session.delta, accountant)
+            <= 1.0
+        ):
+            k += 1
+        return k
+
+    assert session.max_steps == session._max_steps_within_budget(session.planned_steps)
+    for start in (1, 2, 3, session.planned_steps):  # below the planned steps: the search must climb
+        assert session._max_steps_within_budget(start) == reference(start), start

@@ -194,7 +194,9 @@ class DPSession:
             )
             return eps <= self.args.target_epsilon
 
-        lo, hi = planned, planned * 2
+        if not within(planned + 1):  # the usual case: calibration leaves less than a step of budget
+            return planned
+        lo, hi = planned + 1, planned * 2 + 1
         while within(hi) and hi < planned * 1024:
             lo, hi = hi, hi * 2
         while hi - lo > 1:
