@@ -21,6 +21,7 @@ from hf_dpkd.pipeline import Pipeline, audit_summary_lines
 from hf_dpkd.privacy.accounting import PrivacyLedger
 from hf_dpkd.run_config import parse_run_config
 from hf_dpkd.run_dir import RunDirLockedError, RunDirMismatchError
+from hf_dpkd.workers import usable_cores
 
 
 def set_cpu_threads(requested: int | None) -> None:
@@ -33,8 +34,7 @@ def set_cpu_threads(requested: int | None) -> None:
 
     if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = requested or usable
+    threads = requested or usable_cores()
     if threads and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
         print(f"using {threads} CPU threads (--cpu_threads to change)", flush=True)

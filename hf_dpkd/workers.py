@@ -47,7 +47,7 @@ def resolve_cpu_workers(requested: int | None) -> int:
     return max(1, requested if requested is not None else usable_cores())
 
 
-def _start_worker(threads: int) -> None:
+def _start_worker(threads: int, parent: int) -> None:
     global _IN_WORKER
     _IN_WORKER = True
     if sys.platform.startswith("linux"):  # SIGKILL this worker when the process that forked it dies
@@ -55,6 +55,8 @@ def _start_worker(threads: int) -> None:
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # it died before the line above: nobody would receive our result
+            os._exit(1)
     import torch
 
     torch.set_num_threads(threads)
@@ -82,7 +84,7 @@ def run_jobs(
         workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_start_worker,
-        initargs=(threads,),
+        initargs=(threads, os.getpid()),
     )
     try:
         pending = {pool.submit(_run_forked, i): i for i in range(len(items))}
