@@ -324,38 +324,114 @@ def test_two_processes_split_the_shards_without_overlap(teacher, tmp_path):
     assert single["world_size"] == 2 and len(load_synthetic_dataset(out)) == 50
 
 
-def test_exponential_race_draws_from_the_softmax_and_never_a_banned_token():
+def test_categorical_sampler_draws_from_the_softmax_and_never_a_banned_token():
     """Against the obviously-correct law: frequencies of 200,000 draws vs softmax(scores), within 5 sigma."""
-    from hf_dpkd.synthetic.generation_decoding import ExponentialRaceSampler
+    from hf_dpkd.synthetic.generation_decoding import CategoricalSampler
 
-    scores = torch.tensor([[2.0, 0.5, float("-inf"), -1.0, 1.0]])
+    scores = torch.tensor([[float("-inf"), 2.0, 0.5, float("-inf"), -1.0, 1.0, float("-inf")]])
     n = 200_000
     torch.manual_seed(0)
-    out = ExponentialRaceSampler()(torch.zeros((n, 1), dtype=torch.long), scores.expand(n, -1).clone())
+    out = CategoricalSampler()(torch.zeros((n, 1), dtype=torch.long), scores.expand(n, -1).clone())
     assert torch.isfinite(out).sum(dim=1).eq(1).all()  # exactly one token per row is left
     drawn = out.argmax(dim=1)
-    freq = torch.bincount(drawn, minlength=5).double() / n
+    freq = torch.bincount(drawn, minlength=7).double() / n
     p = torch.softmax(scores[0].double(), dim=0)
-    assert freq[2] == 0
+    assert freq[0] == freq[3] == freq[6] == 0  # banned first, middle and last tokens
     sigma = (p * (1 - p) / n).sqrt()
     assert ((freq - p).abs() <= 5 * sigma + 1e-12).all(), (freq, p)
+
+
+@pytest.mark.parametrize(
+    ("uniform", "weights", "expected"),
+    [
+        (
+            0.0,
+            [0.0, 0.0, 0.5, 0.5],
+            2,
+        ),  # U = 0: the first token with weight, never a zero-weight one before it
+        (
+            1 - 2**-24,
+            [0.3, 0.7, 0.0, 0.0],
+            1,
+        ),  # the largest U: the last token with weight, not a zero after it
+        (1 - 2**-24, [1e-30, 1.0, 0.0], 1),
+        (0.5, [1.0, 1.0, 0.0, 1.0, 1.0], 3),  # the zero in the middle is skipped
+    ],
+)
+def test_draw_categorical_at_the_ends_of_the_uniform(monkeypatch, uniform, weights, expected):
+    """Inverse CDF at the extreme uniforms: U * total rounded up to the total must not run past the last token
+    with weight, and a zero weight is never drawn."""
+    from hf_dpkd.synthetic import generation_decoding
+
+    monkeypatch.setattr(generation_decoding.torch, "rand_like", lambda t: torch.full_like(t, uniform))
+    drawn = generation_decoding.draw_categorical(torch.tensor([weights]))
+    assert drawn.tolist() == [[expected]]
 
 
 def test_sampling_processors_are_generates_warpers_in_generates_order():
     """do_sample=False with these processors samples as do_sample=True does: same warpers, same order."""
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
-    from hf_dpkd.synthetic.generation_decoding import ExponentialRaceSampler, sampling_processors
+    from hf_dpkd.synthetic.generation_decoding import (
+        CategoricalSampler,
+        TopKTopPSampler,
+        sampling_processors,
+    )
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=1, vocab_size=64))
     for top_k, top_p, temperature in ((50, 0.9, 1.0), (10, 0.5, 0.7), (0, 1.0, 1.3), (1, 1.0, 1.0)):
         config = GenerationConfig(do_sample=True, top_k=top_k, top_p=top_p, temperature=temperature)
         theirs = model._get_logits_processor(config)
         ours = sampling_processors(top_k, top_p, temperature)
-        assert isinstance(ours[-1], ExponentialRaceSampler)
-        assert [type(p) for p in ours[:-1]] == [type(p) for p in theirs]
-        for a, b in zip(ours[:-1], theirs):
+        assert isinstance(ours[-1], TopKTopPSampler if top_k else CategoricalSampler)
+        unfused = [q for p in ours for q in (p._unfused if isinstance(p, TopKTopPSampler) else [p])]
+        assert isinstance(unfused[-1], CategoricalSampler)
+        assert [type(p) for p in unfused[:-1]] == [type(p) for p in theirs]
+        for a, b in zip(unfused[:-1], theirs):
             assert vars(a) == vars(b), (a, b)
+
+
+def _top_k_top_p_cases():
+    """Scores on which the fused sampler runs its own path, and the three on which it must fall back."""
+    g = torch.Generator().manual_seed(3)
+    plain = torch.randn(1, 64, generator=g) * 2
+    tie_at_k = plain.clone()
+    tie_at_k[0, tie_at_k[0].argsort(descending=True)[10]] = tie_at_k[0].sort(descending=True).values[9]
+    tie_inside = plain.clone()
+    best = tie_inside[0].argsort(descending=True)
+    tie_inside[0, best[3]] = tie_inside[0, best[2]]
+    few = plain.clone()
+    few[0, best[6:]] = float("-inf")  # fewer than k tokens allowed
+    return {"own-path": plain, "tie-at-k": tie_at_k, "tie-inside": tie_inside, "fewer-than-k": few}
+
+
+@pytest.mark.parametrize("case", ["own-path", "tie-at-k", "tie-inside", "fewer-than-k"])
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_top_k_top_p_sampler_draws_what_the_three_processors_draw(case, top_p):
+    """Against transformers' TopK then TopP warpers and the softmax of what they leave: frequencies of
+    200,000 draws within 5 sigma, and never a token they removed."""
+    from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+    from hf_dpkd.synthetic.generation_decoding import TopKTopPSampler
+
+    scores = _top_k_top_p_cases()[case]
+    ids = torch.zeros((1, 1), dtype=torch.long)
+    kept = TopPLogitsWarper(top_p)(ids, TopKLogitsWarper(10)(ids, scores.clone())) if top_p < 1 else None
+    kept = TopKLogitsWarper(10)(ids, scores.clone()) if kept is None else kept
+    p = torch.softmax(kept[0].double(), dim=0)
+    n = 200_000
+    torch.manual_seed(0)
+    sampler, fell_back = TopKTopPSampler(10, top_p), []
+    top_k_warper = sampler._unfused[0]
+    sampler._unfused[0] = lambda i, s: (fell_back.append(1), top_k_warper(i, s))[1]
+    out = sampler(torch.zeros((n, 1), dtype=torch.long), scores.expand(n, -1).clone())
+    assert bool(fell_back) == (case != "own-path")
+    assert torch.isfinite(out).sum(dim=1).eq(1).all()
+    freq = torch.bincount(out.argmax(dim=1), minlength=scores.shape[1]).double() / n
+    assert (freq[p == 0] == 0).all()
+    sigma = (p * (1 - p) / n).sqrt()
+    assert ((freq - p).abs() <= 5 * sigma + 1e-12).all(), (freq, p)
+    assert int((p > 0).sum()) >= 2 if top_p == 1.0 else True  # the cases really sample among several
 
 
 class _RowLengthBudget:
@@ -376,7 +452,7 @@ def test_dropping_finished_rows_samples_what_generate_samples(teacher, share, mo
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
     import hf_dpkd.synthetic.generation_loop as loop
-    from hf_dpkd.synthetic.generation_decoding import ExponentialRaceSampler, sampling_processors
+    from hf_dpkd.synthetic.generation_decoding import TopKTopPSampler, sampling_processors
 
     monkeypatch.setattr(loop, "COMPACT_SHARE", share)
     model, tok, _ = teacher
@@ -391,7 +467,7 @@ def test_dropping_finished_rows_samples_what_generate_samples(teacher, share, mo
     def greedy(_rows=None):  # top-1 is deterministic: the race then always draws the argmax
         return LogitsProcessorList([*sampling_processors(1, 1.0, 1.0)])
 
-    assert isinstance(greedy()[-1], ExponentialRaceSampler)
+    assert isinstance(greedy()[-1], TopKTopPSampler)
     # stop tokens: two tokens the greedy continuations reach at different steps (found with generate)
     free = model.generate(
         input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=14, pad_token_id=0
@@ -415,6 +491,43 @@ def test_dropping_finished_rows_samples_what_generate_samples(teacher, share, mo
         assert ours[i] == row[:end], i
         lengths.add(end)
     assert len(lengths) >= 4  # rows really stopped at different steps
+
+
+@pytest.mark.parametrize("share", [0.125, 2.0], ids=["drop-in-groups", "never-drop"])
+def test_rows_of_several_prompt_lengths_fill_the_positions_without_running_past_them(share, monkeypatch):
+    """Left-padded prompts of 2-5 tokens in one batch, every row decoded to the model's last position (no
+    stop token): the longest prompt's rows finish first and stay in the batch, fed pads, while the others
+    run on; they must not be fed positions past the last (an index error), and each row must get the tokens
+    it gets alone, unpadded."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import hf_dpkd.synthetic.generation_loop as loop
+    from hf_dpkd.synthetic.generation_decoding import sampling_processors
+
+    monkeypatch.setattr(loop, "COMPACT_SHARE", share)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=12)).eval()
+    prompts = [[5, 6], [7, 8, 9, 10, 11], [12, 13, 14], [15, 16, 17, 18]]
+    width, pad = 5, 0
+
+    def greedy(_rows=None):
+        return sampling_processors(1, 1.0, 1.0)
+
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    ends = (width - mask.sum(1)) + 12  # every row to position 11, the model's last
+    batched = loop.sample_rows(model, ids, mask, greedy, ends, set(), pad)
+    for prompt, row in zip(prompts, batched, strict=True):
+        alone = loop.sample_rows(
+            model,
+            torch.tensor([prompt]),
+            torch.ones(1, len(prompt), dtype=torch.long),
+            greedy,
+            torch.tensor([12]),
+            set(),
+            pad,
+        )[0]
+        assert row == alone and len(row) == 12 - len(prompt)
 
 
 @pytest.mark.skipif(not can_fork(), reason="workers are forked processes: Linux only")

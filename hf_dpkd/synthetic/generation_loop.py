@@ -32,7 +32,7 @@ def sample_rows(
     tokens (left padding included, as `input_ids` lays it out).
 
     `processors_for(rows)` gives the logits processors of the running rows (indices into the batch), the last
-    of which samples: the step's token is the argmax of what they return (see ExponentialRaceSampler).
+    of which is a TokenSampler: the step's token is what it draws from what the others leave.
     """
     rows, width = input_ids.shape
     device = input_ids.device
@@ -44,13 +44,18 @@ def sample_rows(
     drawn = torch.full((rows, max(steps, 0)), pad_id, dtype=torch.long, device=device)
     stopped_at = torch.full((rows,), max(steps, 0), dtype=torch.long, device=device)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)  # by current row, until compacted away
-    processors = processors_for(running)
+    *warpers, sampler = processors_for(running)
     position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # as `generate` does
+    # a row's last position: it stops there, but stays in the batch (fed pads) until the next compaction,
+    # and must not be fed positions past the model's last one in the meantime
+    last_position = ends - 1 - (width - attention_mask.sum(-1))
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
     cache, logits = out.past_key_values, out.logits[:, -1, :].float()
     seqs = input_ids
     for step in range(steps):
-        token = processors(seqs, logits).argmax(dim=-1)
+        for warper in warpers:
+            logits = warper(seqs, logits)
+        token = sampler.draw(logits)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         seqs = torch.cat([seqs, token[:, None]], dim=1)
         drawn[running, step] = token
@@ -64,12 +69,12 @@ def sample_rows(
             running, seqs, attention_mask = running[keep], seqs[keep], attention_mask[keep]
             finished = finished[keep]
             cache.batch_select_indices(keep)
-            processors = processors_for(running)
+            *warpers, sampler = processors_for(running)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(running), 1)], dim=1)
         step_out = model(
             input_ids=seqs[:, -1:],
             attention_mask=attention_mask,
-            position_ids=attention_mask.sum(-1, keepdim=True) - 1,
+            position_ids=torch.minimum(attention_mask.sum(-1) - 1, last_position[running])[:, None],
             past_key_values=cache,
             use_cache=True,
         )

@@ -1,8 +1,8 @@
-"""Prompt token ids for control codes, and batches of them that fit the model's positions.
+"""Prompt token ids for control codes, the eos/pad ids and the model's number of positions.
 
-Every shard and the input checks tokenize the same prompts and need the same eos/pad ids; a batch of
-left-padded prompts of different lengths may decode past the model's last position, so such a batch is
-split by prompt length.
+Every shard and the input checks tokenize the same prompts and need the same ids. A batch of left-padded
+prompts of different lengths does not need splitting to fit the positions: each row's positions start at its
+own first token (generation_loop), so they end at max_length - 1 whatever the padding.
 """
 
 from __future__ import annotations
@@ -32,19 +32,3 @@ def position_limit(model) -> int | None:
         model.config, "max_position_embeddings", None
     )
     return limit if isinstance(limit, int) else None
-
-
-def fit_positions(batch: list[int], ids, codes, max_length: int, limit: int | None) -> list[list[int]]:
-    """`batch`, or its runs of equal prompt length when left padding would run past the model's positions.
-
-    A batch decodes until its shortest prompt has max_length tokens, so its longest-prompt rows reach
-    position width + max_length - shortest - 1 (their extra tokens are discarded, but the forward still
-    sees them): past `limit`, the position embedding has no row for them.
-    """
-    lengths = [len(ids[codes[i]]) for i in batch]
-    if limit is None or max(lengths) + max_length - min(lengths) <= limit:
-        return [batch]
-    groups: dict[int, list[int]] = {}
-    for i, n in zip(batch, lengths):
-        groups.setdefault(n, []).append(i)
-    return list(groups.values())

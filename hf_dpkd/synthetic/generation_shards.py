@@ -17,7 +17,7 @@ from transformers import LogitsProcessorList
 
 from hf_dpkd.synthetic.generation_decoding import BatchedNoRepeatNGramLogitsProcessor, sampling_processors
 from hf_dpkd.synthetic.generation_loop import sample_rows
-from hf_dpkd.synthetic.generation_prompts import fit_positions, position_limit, prompt_ids, special_ids
+from hf_dpkd.synthetic.generation_prompts import prompt_ids, special_ids
 
 if TYPE_CHECKING:
     from hf_dpkd.synthetic.generation import SyntheticGenerationConfig
@@ -50,9 +50,7 @@ def generate_shard(model, tokenizer, fmt, codes, gen: SyntheticGenerationConfig,
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        limit = position_limit(model)
-        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-        for batch in (part for b in batches for part in fit_positions(b, ids, codes, gen.max_length, limit)):
+        for batch in (order[s : s + batch_size] for s in range(0, len(order), batch_size)):
             prompts = [ids[codes[i]] for i in batch]
             width = max(map(len, prompts))
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
