@@ -125,6 +125,46 @@ def test_cached_topk_with_full_vocab_equals_online(tmp_path, teacher):
     assert math.isclose(online.item(), cached.item(), rel_tol=1e-5)
 
 
+def test_fused_forward_kl_loss_gives_the_autograd_gradient(tmp_path, teacher, monkeypatch):
+    """The trainer's loss with forward KL (CE and KD fused, closed-form backward) against autograd through
+    the unfused sums: the same loss and the same gradient for every student parameter."""
+    import hf_dpkd.trainers.distillation as distillation
+    from hf_dpkd.trainers.losses import causal_lm_labels, cross_entropy_sums, kd_divergence
+    from tests.tolerances import assert_matches_reference
+
+    fused_calls = []
+    fused_sums = distillation.cross_entropy_and_forward_kl_sums
+    monkeypatch.setattr(
+        distillation,
+        "cross_entropy_and_forward_kl_sums",
+        lambda *a, **k: (fused_calls.append(1), fused_sums(*a, **k))[1],
+    )
+
+    data = _dataset(_grammar(8, 3))
+    batch = COLLATE([data[i] for i in range(8)])
+    student = _model(1, 16)
+    args = DistillationConfig(output_dir=str(tmp_path), max_steps=1, temperature=2.0, alpha_kd=0.7, **BASE)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=data, data_collator=COLLATE
+    )
+    fused = trainer.compute_loss(student, batch)
+    fused.backward()
+    assert fused_calls == [1]
+    ours = {"loss": fused.detach(), **{n: p.grad.clone() for n, p in student.named_parameters()}}
+    student.zero_grad()
+    targets = causal_lm_labels(batch)[:, 1:]
+    mask = (targets != -100).float()
+    logits = student(**dp_forward_kwargs(student, batch)).logits[:, :-1]
+    with torch.no_grad():
+        t_logits = teacher(**dp_forward_kwargs(teacher, batch)).logits[:, :-1]
+    ce, counts = cross_entropy_sums(logits, targets, mask)
+    kd, _ = kd_divergence(logits, t_logits, mask, temperature=2.0)
+    reference = (args.alpha_ce * ce.sum() + 0.7 * 4.0 * kd.sum()) / counts.sum()
+    reference.backward()
+    ref = {"loss": reference.detach(), **{n: p.grad for n, p in student.named_parameters()}}
+    assert_matches_reference(ours, ref, what="fused distillation loss", terms=int(counts.sum()) * 64)
+
+
 def test_on_policy_rollouts_train(tmp_path, teacher):
     student = _model(1, 16)
     args = DistillationConfig(

@@ -23,6 +23,7 @@ from hf_dpkd.trainers.losses import (
     HiddenProjections,
     KdLoss,
     causal_lm_labels,
+    cross_entropy_and_forward_kl_sums,
     cross_entropy_sums,
     dp_forward_kwargs,
     hidden_alignment_sums,
@@ -157,11 +158,27 @@ class DistillationTrainer(Trainer):
         targets = labels[:, 1:]
         mask = (targets != -100).float()
         s_logits = out.logits[:, :-1]
+        beta = kd_beta(args.kd_loss, args.jsd_beta)
+        cached_kd = args.alpha_kd > 0 and TOPK_INDICES in inputs
+        t_out = None
+        if not cached_kd and (args.alpha_kd > 0 or need_hidden):
+            with torch.no_grad():
+                t_out = self.teacher(
+                    **dp_forward_kwargs(self.teacher, inputs), output_hidden_states=need_hidden
+                )
+        if args.alpha_kd > 0 and not cached_kd and beta == 0.0:  # the paper's loss: CE and forward KL fused
+            ce, kd, counts = cross_entropy_and_forward_kl_sums(
+                s_logits,
+                targets,
+                t_out.logits[:, :-1],
+                mask,
+                temperature=args.temperature,
+                chunk_size=args.loss_chunk_size,
+            )
+            return ce, kd, *self._hidden_sums(out, t_out, inputs, need_hidden, counts), counts, out
         ce, counts = cross_entropy_sums(s_logits, targets, mask, args.loss_chunk_size)
         kd = torch.zeros_like(ce)
-        hidden = torch.zeros_like(ce)
-        t_out = None
-        if args.alpha_kd > 0 and TOPK_INDICES in inputs:
+        if cached_kd:
             kd, _ = kd_divergence_topk(
                 s_logits,
                 inputs[TOPK_INDICES][:, :-1],
@@ -170,29 +187,27 @@ class DistillationTrainer(Trainer):
                 temperature=args.temperature,
                 chunk_size=args.loss_chunk_size,
             )
-        elif args.alpha_kd > 0 or need_hidden:
-            with torch.no_grad():
-                t_out = self.teacher(
-                    **dp_forward_kwargs(self.teacher, inputs), output_hidden_states=need_hidden
-                )
-            if args.alpha_kd > 0:
-                kd, _ = kd_divergence(
-                    s_logits,
-                    t_out.logits[:, :-1],
-                    mask,
-                    beta=kd_beta(args.kd_loss, args.jsd_beta),
-                    temperature=args.temperature,
-                    chunk_size=args.loss_chunk_size,
-                )
-        if need_hidden:
-            pos = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).float()
-            hidden = hidden_alignment_sums(
-                out.hidden_states, t_out.hidden_states, pos, self.projections, args.hidden_loss
+        elif args.alpha_kd > 0:
+            kd, _ = kd_divergence(
+                s_logits,
+                t_out.logits[:, :-1],
+                mask,
+                beta=beta,
+                temperature=args.temperature,
+                chunk_size=args.loss_chunk_size,
             )
-            hidden_counts = pos.sum(1)
-        else:
-            hidden_counts = counts
+        hidden, hidden_counts = self._hidden_sums(out, t_out, inputs, need_hidden, counts)
         return ce, kd, hidden, counts, hidden_counts, out
+
+    def _hidden_sums(self, out, t_out, inputs, need_hidden: bool, counts):
+        """(per-sequence hidden-state alignment sums, their position counts); zeros over `counts` without it."""
+        if not need_hidden:
+            return torch.zeros_like(counts, dtype=torch.float32), counts
+        pos = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).float()
+        hidden = hidden_alignment_sums(
+            out.hidden_states, t_out.hidden_states, pos, self.projections, self.args.hidden_loss
+        )
+        return hidden, pos.sum(1)
 
     def _combine(self, ce, kd, hidden):
         a = self.args

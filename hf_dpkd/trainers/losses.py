@@ -106,6 +106,83 @@ def cross_entropy_sums(
     return total, mask.sum(1)
 
 
+class _CrossEntropyAndForwardKl(torch.autograd.Function):
+    """Per-sequence sums of the student's NLL and of KL(teacher || student) at temperature T, in one pass per
+    chunk, with the closed-form gradient: d NLL / d logits = softmax(s) - onehot(target),
+    d KL / d logits = (softmax(s / T) - softmax(t / T)) / T.
+
+    Autograd through :func:`cross_entropy_sums` and :func:`kd_divergence` keeps a log-softmax of each chunk for
+    each loss and several [rows, chunk, vocab] intermediates for the backward; this keeps only the two
+    log-sum-exps per position and recomputes the softmaxes in the backward, so it reads and writes the
+    vocabulary-sized tensors about half as often, and holds none of them between forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits, targets, mask, temperature, chunk_size):
+        rows, length = student_logits.shape[:2]
+        ce = student_logits.new_zeros(rows, dtype=torch.float32)
+        kd = torch.zeros_like(ce)
+        lse = student_logits.new_empty((rows, length), dtype=torch.float32)
+        lse_t = torch.empty_like(lse)
+        targets = targets.clamp(min=0)
+        for sl in _chunks(length, chunk_size):
+            s = student_logits[:, sl].float()
+            lse[:, sl] = torch.logsumexp(s, dim=-1)
+            nll = lse[:, sl] - s.gather(-1, targets[:, sl].unsqueeze(-1)).squeeze(-1)
+            s_t = s / temperature if temperature != 1.0 else s
+            lse_t[:, sl] = torch.logsumexp(s_t, dim=-1) if temperature != 1.0 else lse[:, sl]
+            t = teacher_logits[:, sl].float()
+            t_logp = F.log_softmax(t / temperature if temperature != 1.0 else t, dim=-1)
+            # sum_v p_t (log p_t - log p_s), with log p_s = s_t - lse_t and sum_v p_t = 1
+            div = (t_logp.exp() * (t_logp - s_t)).sum(-1) + lse_t[:, sl]
+            ce = ce + (nll * mask[:, sl]).sum(1)
+            kd = kd + (div * mask[:, sl]).sum(1)
+        ctx.save_for_backward(student_logits, teacher_logits, targets, mask, lse, lse_t)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return ce, kd
+
+    @staticmethod
+    def backward(ctx, grad_ce, grad_kd):
+        student_logits, teacher_logits, targets, mask, lse, lse_t = ctx.saved_tensors
+        temperature = ctx.temperature
+        grad = torch.empty_like(student_logits)
+        for sl in _chunks(student_logits.shape[1], ctx.chunk_size):
+            s = student_logits[:, sl].float()
+            w_ce = grad_ce[:, None] * mask[:, sl]  # [rows, chunk]
+            w_kd = grad_kd[:, None] * mask[:, sl] / temperature
+            p_s = (s - lse[:, sl, None]).exp_()
+            if temperature == 1.0:
+                g = p_s.mul_((w_ce + w_kd)[..., None])
+            else:
+                g = p_s.mul_(w_ce[..., None])
+                g += (s / temperature - lse_t[:, sl, None]).exp_().mul_(w_kd[..., None])
+            t = teacher_logits[:, sl].float()
+            g -= F.softmax(t / temperature if temperature != 1.0 else t, dim=-1).mul_(w_kd[..., None])
+            g.scatter_add_(-1, targets[:, sl].unsqueeze(-1), -w_ce.unsqueeze(-1))
+            grad[:, sl] = g
+        return grad, None, None, None, None, None
+
+
+def cross_entropy_and_forward_kl_sums(
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int | None = 64,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(:func:`cross_entropy_sums`' NLL sums, :func:`kd_divergence`'s forward-KL sums, token counts), both
+    from one pass over the vocabulary-sized logits per chunk and a closed-form backward; no gradient flows to
+    the teacher's logits."""
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0.")
+    ce, kd = _CrossEntropyAndForwardKl.apply(
+        student_logits, teacher_logits.detach(), targets, mask.float(), float(temperature), chunk_size
+    )
+    return ce, kd, mask.sum(1)
+
+
 def resolve_layer_map(spec, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
     """(student hidden-state index, teacher hidden-state index) pairs; index 0 is the embeddings,
     i is the output of block i. 'last' maps the final states, 'uniform' spreads the student's blocks."""
