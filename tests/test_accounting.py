@@ -53,6 +53,45 @@ def test_calibration_reaches_target_within_tolerance(accountant, target):
     assert eps >= target * (1 - 2 * CALIBRATION_RTOL)
 
 
+@pytest.mark.parametrize(
+    ("accountant", "target", "q", "steps"),
+    [("prv", 2.0, 0.1031, 10), ("prv", 8.0, 0.01, 1000), ("rdp", 0.5, 0.01, 1000), ("prv", 2.0, 0.5, 6)],
+)
+def test_noise_search_lands_in_the_window_with_fewer_evaluations_than_bisection(accountant, target, q, steps):
+    """Against plain bisection (the obviously-correct search) on the same accountant: both answers have
+    epsilon in [target (1 - rtol), target], so both lie between the sigmas of those two epsilons; the
+    false-position search needs at most 8 accountant evaluations and fewer than bisection."""
+    from hf_dpkd.privacy.accounting import _search_noise_multiplier
+
+    calls = []
+
+    def eps(sigma):
+        calls.append(sigma)
+        return compute_epsilon([(sigma, q, steps)], 1e-5, accountant)
+
+    def bisection():
+        lo, hi = 0.0, 1.0
+        while eps(hi) > target:
+            lo, hi = hi, hi * 2
+        while not (target * (1 - CALIBRATION_RTOL) <= eps(hi) <= target):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if eps(mid) > target else (lo, mid)
+        return hi
+
+    ours = _search_noise_multiplier(eps, target, q, steps)
+    ours_calls = len(calls)
+    calls.clear()
+    reference = bisection()
+    for sigma in (ours, reference):
+        assert (
+            target * (1 - CALIBRATION_RTOL)
+            <= compute_epsilon([(sigma, q, steps)], 1e-5, accountant)
+            <= target
+        )
+    assert ours_calls <= 8 and ours_calls < len(set(calls)), (ours_calls, len(set(calls)))
+    assert math.isclose(ours, reference, rel_tol=2e-3)
+
+
 def test_calibration_accounts_for_prior_releases():
     prior = [(6.0, 1.0, 1)]
     alone = calibrate_noise_multiplier(2.0, 1e-5, 0.01, 500)

@@ -30,7 +30,7 @@ UNIFORM = "uniform_subsampled_gaussian"
 #: every total that composes it. Recording it keeps the ledger honest instead of silent.
 NON_PRIVATE = "non_private"
 LEDGER_FILENAME = "privacy_ledger.json"
-#: Bisection stops once the calibrated epsilon is within this relative distance below the target.
+#: The noise search stops once the calibrated epsilon is within this relative distance below the target.
 CALIBRATION_RTOL = 1e-3
 _MAX_NOISE_MULTIPLIER = 1e4
 
@@ -184,30 +184,60 @@ def calibrate_noise_multiplier(
     cached = calibration_cache.lookup(key)
     if cached is not None and close_below_target(eps(cached)):  # re-checked: the cache never decides alone
         return cached
-    sigma = _bisect_noise_multiplier(eps, target_epsilon, sample_rate, steps)
+    sigma = _search_noise_multiplier(eps, target_epsilon, sample_rate, steps)
     calibration_cache.store(key, sigma, inputs)
     return sigma
 
 
-def _bisect_noise_multiplier(eps, target_epsilon: float, sample_rate: float, steps: int) -> float:
-    """Smallest sigma (up to CALIBRATION_RTOL) with eps(sigma) <= target_epsilon; eps decreases in sigma."""
+def _search_noise_multiplier(eps, target_epsilon: float, sample_rate: float, steps: int) -> float:
+    """Smallest sigma (up to CALIBRATION_RTOL) with eps(sigma) <= target_epsilon; eps decreases in sigma.
+
+    A bracket [lo, hi] with eps(lo) > target >= eps(hi), narrowed by false position on log eps (nearly
+    linear in sigma over a bracket) aimed at the middle of the accepted window [target (1 - rtol), target],
+    with the Illinois halving when one end stays put and a bisection step whenever an interpolated point
+    does not shrink the bracket enough: about 5 accountant evaluations where bisection took 12-14, each
+    0.2-0.5 s with PRV. Any evaluated sigma whose epsilon falls in the window is the answer.
+    """
+    window = CALIBRATION_RTOL * target_epsilon
+    aim = math.log(target_epsilon - window / 2)
+
+    def accepted(e: float) -> bool:
+        return e <= target_epsilon and target_epsilon - e <= window
+
     lo, hi = 0.0, 1.0
-    while eps(hi) > target_epsilon:
-        lo, hi = hi, hi * 2
+    e_lo, e_hi = math.inf, eps(hi)
+    while e_hi > target_epsilon:
+        lo, e_lo, hi = hi, e_hi, hi * 2
         if hi > _MAX_NOISE_MULTIPLIER:
             raise ValueError(
                 f"target_epsilon={target_epsilon} is unreachable with sample_rate={sample_rate:.4g} over "
                 f"{steps} steps; raise target_epsilon, or train fewer steps / with a smaller batch."
             )
-    while True:
         e_hi = eps(hi)
-        if target_epsilon - e_hi <= CALIBRATION_RTOL * target_epsilon or hi - lo < 1e-6:
-            return hi
-        mid = (lo + hi) / 2
-        if eps(mid) > target_epsilon:
-            lo = mid
+    # f = log eps - aim: f(lo) > 0 >= f(hi) (eps(hi) may be 0: the interpolation then bisects)
+    f_lo = math.log(e_lo) - aim if math.isfinite(e_lo) else math.inf
+    f_hi = math.log(e_hi) - aim if e_hi > 0 else -math.inf
+    kept = 0  # +1 while lo stays put, -1 while hi does (Illinois: halve the stale end's f)
+    while not accepted(e_hi) and hi - lo >= 1e-6:
+        width = hi - lo
+        mid = lo + width / 2
+        if math.isfinite(f_lo) and math.isfinite(f_hi) and f_lo > f_hi:
+            guess = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+            if lo + 0.05 * width <= guess <= hi - 0.05 * width:
+                mid = guess
+        e_mid = eps(mid)
+        if accepted(e_mid):
+            return mid
+        f_mid = math.log(e_mid) - aim if e_mid > 0 else -math.inf
+        if e_mid > target_epsilon:
+            lo, f_lo = mid, f_mid
+            f_hi = f_hi / 2 if kept == -1 else f_hi
+            kept = -1
         else:
-            hi = mid
+            hi, e_hi, f_hi = mid, e_mid, f_mid
+            f_lo = f_lo / 2 if kept == 1 and math.isfinite(f_lo) else f_lo
+            kept = 1
+    return hi
 
 
 #: Upper bound of the default delta (the customary "1e-5 or less" of DP deep learning).
