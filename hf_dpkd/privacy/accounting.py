@@ -125,19 +125,13 @@ def compute_epsilon(history: list[tuple], delta: float, accountant: str = "prv")
 @functools.lru_cache(maxsize=256)
 def _opacus_epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
     """Opacus' epsilon of a composed history, memoised: a pure function of its arguments, asked for the same
-    ledger many times per training (logs, report, card, saved artifacts; 0.2-0.3 s each with PRV)."""
-    if accountant == "rdp":
-        from opacus.accountants import RDPAccountant
+    ledger many times per training (logs, report, card, saved artifacts). Both accountants reuse each
+    (q, sigma) pair's RDP curve across step counts (hf_dpkd/privacy/opacus_epsilon.py)."""
+    from hf_dpkd.privacy.opacus_epsilon import prv_epsilon, rdp_epsilon
 
-        acc = RDPAccountant()
-    else:
-        from opacus.accountants import PRVAccountant
-
-        acc = PRVAccountant()
-    acc.history = list(history)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(acc.get_epsilon(delta=delta))
+        return rdp_epsilon(history, delta) if accountant == "rdp" else prv_epsilon(history, delta)
 
 
 def calibrate_noise_multiplier(
