@@ -223,3 +223,28 @@ def test_noise_std_is_sigma_c_over_b():
         draws.append(-p.detach().clone())
     std = torch.cat(draws).std().item()
     assert abs(std - sigma * clip / b) / (sigma * clip / b) < 0.03
+
+
+def test_step_adds_the_noise_opacus_would_draw():
+    """The step's noise is Opacus' `_generate_noise` draw (non-secure mode) from the same generator state,
+    parameter after parameter; the update is (clipped sum + noise) / expected batch size."""
+    from opacus.optimizers.optimizer import _generate_noise
+
+    model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Linear(3, 2))
+    params = list(model.parameters())
+    sums = [torch.randn_like(p) for p in params]
+    opt = DPSGDOptimizer(
+        torch.optim.SGD(params, lr=0.0),
+        noise_multiplier=1.3,
+        max_grad_norm=0.7,
+        expected_batch_size=4,
+        grad_sample_module=model,
+        generator=torch.Generator().manual_seed(11),
+    )
+    for p, s in zip(params, sums):
+        p.summed_grad = s.clone()
+    opt.step()
+    reference = torch.Generator().manual_seed(11)
+    for p, s in zip(params, sums):
+        noise = _generate_noise(std=1.3 * 0.7, reference=s, generator=reference)
+        torch.testing.assert_close(p.grad, (s + noise) / 4, rtol=0, atol=1e-7)

@@ -40,7 +40,7 @@ from opacus.grad_sample import GradSampleModule
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
     GradSampleModuleFastGradientClipping,
 )
-from opacus.optimizers.optimizer import DPOptimizer, _generate_noise
+from opacus.optimizers.optimizer import DPOptimizer
 from torch import nn
 
 import hf_dpkd.privacy.grad_samplers  # noqa: F401  (registers Conv1D / RMSNorm samplers)
@@ -289,11 +289,16 @@ class DPSGDOptimizer(DPOptimizer):
                 summed = torch.zeros_like(p, dtype=accumulation_dtype(p.dtype))
             noise_here = (not self.distributed) or dist.get_rank() == 0
             if noise_here and self.noise_multiplier > 0:
-                # In place on the fresh noise tensor (no extra full-size copies; same values as summed + noise).
-                grad = _generate_noise(
-                    std=self.noise_multiplier * self.max_grad_norm, reference=summed, generator=self.generator
-                )
-                grad = grad.to(summed.dtype).view_as(p)
+                # The draw of Opacus' _generate_noise (non-secure mode) without the zeros tensor it allocates
+                # and drops for every parameter; summed is added in place on the fresh noise tensor.
+                grad = torch.normal(
+                    mean=0.0,
+                    std=self.noise_multiplier * self.max_grad_norm,
+                    size=summed.shape,
+                    generator=self.generator,
+                    device=summed.device,
+                    dtype=summed.dtype,
+                ).view_as(p)
                 grad.add_(summed.view_as(p))
             else:
                 grad = summed.view_as(p).clone()
