@@ -217,6 +217,25 @@ def _clipped(c: tuple, coef: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return out.reshape(shape)
 
 
+def _add_clipped_(acc: torch.Tensor, c: tuple, coef: torch.Tensor) -> None:
+    """acc += sum_i coef_i g_i in place (no full-size temporary): an embedding's rows are index-added, a
+    layer's product is accumulated by addmm_."""
+    if c[0] == "embed":
+        ids, v = c[1], c[2]
+        d = v.shape[2]
+        acc.view(-1, d).index_add_(0, ids.reshape(-1), (v * coef.view(-1, 1, 1)).reshape(-1, d))
+    elif c[0] == "outer":
+        u, v = c[1], c[2]
+        r, cols = u.shape[2], v.shape[2]
+        if r <= cols:
+            u = u * coef.view(-1, 1, 1)
+        else:
+            v = v * coef.view(-1, 1, 1)
+        acc.view(r, cols).addmm_(u.reshape(-1, r).t(), v.reshape(-1, cols))
+    else:
+        acc.add_(_clipped(c, coef, acc.shape))
+
+
 class FastClippingModule(nn.Module):
     """Wraps a model; `clipped_sum(per_sample_losses)` returns {param: sum_i clip_C(g_i)} of one micro-batch.
 
@@ -387,12 +406,17 @@ class FastClippingModule(nn.Module):
                 p.grad = None
             return out
         out: dict[nn.Parameter, torch.Tensor] = {}
-        for call in calls:
-            if call.grad is None:  # the loss did not depend on this call
-                continue
-            for p, c in _contributions(call, n):
-                g = _clipped(c, coef, p.shape).to(accumulation_dtype(p.dtype))  # float32 for bf16 weights
-                out[p] = g if p not in out else out[p] + g
+        # (calls whose output the loss did not depend on have no grad); embedding rows last, so that a tied
+        # parameter's rows are added into its lm_head sum in place instead of through a full-size zeros tensor
+        pairs = [pc for call in calls if call.grad is not None for pc in _contributions(call, n)]
+        pairs.sort(key=lambda pc: pc[1][0] == "embed")
+        for p, c in pairs:
+            if p in out:
+                _add_clipped_(out[p], c, coef)
+            else:
+                out[p] = _clipped(c, coef, p.shape).to(
+                    accumulation_dtype(p.dtype)
+                )  # float32 for bf16 weights
         return out
 
     # -- Opacus-like housekeeping used by the engine ---------------------------------------------
