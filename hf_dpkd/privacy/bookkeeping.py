@@ -199,18 +199,25 @@ def _cross(a: tuple, b: tuple) -> torch.Tensor:
     return (uu * vv).sum((1, 2))
 
 
+def _outer_factors(c: tuple, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) with A @ B = sum_i coef_i u_i^T v_i for an "outer" contribution: the factors folded into the
+    narrower side, the sum over examples and positions done by the one matrix product."""
+    u, v = c[1], c[2]
+    r, cols = u.shape[2], v.shape[2]
+    if r <= cols:
+        u = u * coef.view(-1, 1, 1)
+    else:
+        v = v * coef.view(-1, 1, 1)
+    return u.reshape(-1, r).t(), v.reshape(-1, cols)
+
+
 def _clipped(c: tuple, coef: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """sum_i coef_i g_i for one contribution, with the factors folded into one matrix product."""
     if c[0] == "dense":
         return torch.einsum("n,nk->k", coef, c[1].reshape(c[1].shape[0], -1)).reshape(shape)
     if c[0] == "outer":
-        u, v = c[1], c[2]
-        r, cols = u.shape[2], v.shape[2]
-        if r <= cols:
-            u = u * coef.view(-1, 1, 1)
-        else:
-            v = v * coef.view(-1, 1, 1)
-        return (u.reshape(-1, r).t() @ v.reshape(-1, cols)).reshape(shape)
+        a, b = _outer_factors(c, coef)
+        return (a @ b).reshape(shape)
     ids, v, rows = c[1], c[2], c[3]
     out = torch.zeros(rows, v.shape[2], dtype=v.dtype, device=v.device)
     out.index_add_(0, ids.reshape(-1), (v * coef.view(-1, 1, 1)).reshape(-1, v.shape[2]))
@@ -225,13 +232,8 @@ def _add_clipped_(acc: torch.Tensor, c: tuple, coef: torch.Tensor) -> None:
         d = v.shape[2]
         acc.view(-1, d).index_add_(0, ids.reshape(-1), (v * coef.view(-1, 1, 1)).reshape(-1, d))
     elif c[0] == "outer":
-        u, v = c[1], c[2]
-        r, cols = u.shape[2], v.shape[2]
-        if r <= cols:
-            u = u * coef.view(-1, 1, 1)
-        else:
-            v = v * coef.view(-1, 1, 1)
-        acc.view(r, cols).addmm_(u.reshape(-1, r).t(), v.reshape(-1, cols))
+        a, b = _outer_factors(c, coef)
+        acc.view(a.shape[0], b.shape[1]).addmm_(a, b)
     else:
         acc.add_(_clipped(c, coef, acc.shape))
 
