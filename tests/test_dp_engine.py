@@ -12,7 +12,8 @@ term 1.2e-2 (tensor 1.7e-2). All fail.
 import pytest
 import torch
 
-from hf_dpkd.privacy.engine import DPSGDOptimizer, attach_grad_sampler, detach_grad_sampler
+from hf_dpkd.privacy import engine
+from hf_dpkd.privacy.engine import NOISE_CHUNK, DPSGDOptimizer, attach_grad_sampler, detach_grad_sampler
 from hf_dpkd.trainers.losses import dp_forward_kwargs, per_sequence_nll
 from tests.dp_models import MODEL_FACTORIES, random_batch, reference_clipped_sum, tiny_gpt2
 from tests.tolerances import assert_matches_reference
@@ -225,12 +226,28 @@ def test_noise_std_is_sigma_c_over_b():
     assert abs(std - sigma * clip / b) / (sigma * clip / b) < 0.03
 
 
+@pytest.mark.parametrize("n", [5, 16, 17, 255, 256, 257, 300, 319, 320, 321, 1000, 1024 + 15])
+def test_chunked_noise_is_torch_normal(monkeypatch, n):
+    """_add_gaussian_noise_ adds exactly torch.normal's numbers for the whole tensor, and leaves the generator
+    where one torch.normal call would (chunk of 128 here, so every tail and boundary case is small)."""
+    monkeypatch.setattr(engine, "NOISE_CHUNK", 128)
+    ours, reference = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    base = torch.randn(n)
+    out = base.clone()
+    engine._add_gaussian_noise_(out, 0.9, ours)
+    expected = base + torch.normal(0.0, 0.9, size=(n,), generator=reference)
+    assert torch.equal(out, expected)
+    assert torch.equal(torch.rand(4, generator=ours), torch.rand(4, generator=reference))
+
+
 def test_step_adds_the_noise_opacus_would_draw():
     """The step's noise is Opacus' `_generate_noise` draw (non-secure mode) from the same generator state,
-    parameter after parameter; the update is (clipped sum + noise) / expected batch size."""
+    parameter after parameter; the update is (clipped sum + noise) / expected batch size. The 300 x 700 weight
+    is drawn in chunks (more than two NOISE_CHUNKs, not a multiple of 16)."""
     from opacus.optimizers.optimizer import _generate_noise
 
-    model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Linear(3, 2))
+    model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Linear(3, 2), torch.nn.Linear(301, 700))
+    assert model[2].weight.numel() > 2 * NOISE_CHUNK and model[2].weight.numel() % 16
     params = list(model.parameters())
     sums = [torch.randn_like(p) for p in params]
     opt = DPSGDOptimizer(

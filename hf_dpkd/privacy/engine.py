@@ -154,6 +154,37 @@ def detach_grad_sampler(grad_sample_module: nn.Module) -> None:
                 delattr(p, attr)
 
 
+#: elements of N(0, std^2) drawn per call into a small reused buffer (a multiple of 16, see below)
+NOISE_CHUNK = 1 << 16
+
+
+def _add_gaussian_noise_(
+    out: torch.Tensor, std: float, generator: torch.Generator | None, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
+    """out += N(0, std^2 I), the same numbers as ``torch.normal(0, std, out.shape, generator=generator)``
+    (Opacus' non-secure `_generate_noise`), without a parameter-sized noise tensor: each chunk is drawn into
+    a small buffer that stays in cache for the add, and no fresh pages are faulted in per step.
+
+    Same stream: torch's CPU normal kernel fills a tensor of >= 16 elements with uniforms in order, turns each
+    block of 16 into normals (Box-Muller) and redraws the last 16 when the size is not a multiple of 16; chunks
+    that are multiples of 16, the remainder merged into the last one, consume and transform the same uniforms
+    (tested against torch.normal and Opacus' draw). Returns the buffer for the next parameter."""
+    flat = out.view(-1)
+    n = flat.numel()
+    if n <= 2 * NOISE_CHUNK or out.device.type != "cpu":
+        flat.add_(torch.normal(0.0, std, size=(n,), generator=generator, device=out.device, dtype=out.dtype))
+        return scratch
+    if scratch is None or scratch.dtype != out.dtype:
+        scratch = torch.empty(2 * NOISE_CHUNK, dtype=out.dtype)
+    start = 0
+    while start < n:
+        size = NOISE_CHUNK if n - start >= 2 * NOISE_CHUNK else n - start  # last chunk: 1 to 2 chunks long
+        noise = scratch[:size].normal_(0.0, std, generator=generator)
+        flat[start : start + size].add_(noise)
+        start += size
+    return scratch
+
+
 class DPSGDOptimizer(DPOptimizer):
     """Opacus' DPOptimizer driven one micro-batch at a time, with one noise draw per logical batch.
 
@@ -283,29 +314,21 @@ class DPSGDOptimizer(DPOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 closure()
+        scratch = None
         for p in self.params:
             summed = getattr(p, "summed_grad", None)
             if summed is None:  # empty logical batch on this rank: only noise
                 summed = torch.zeros_like(p, dtype=accumulation_dtype(p.dtype))
+            summed = summed.contiguous().view_as(p)  # fresh per step: the update is built in place on it
             noise_here = (not self.distributed) or dist.get_rank() == 0
             if noise_here and self.noise_multiplier > 0:
-                # The draw of Opacus' _generate_noise (non-secure mode) without the zeros tensor it allocates
-                # and drops for every parameter; summed is added in place on the fresh noise tensor.
-                grad = torch.normal(
-                    mean=0.0,
-                    std=self.noise_multiplier * self.max_grad_norm,
-                    size=summed.shape,
-                    generator=self.generator,
-                    device=summed.device,
-                    dtype=summed.dtype,
-                ).view_as(p)
-                grad.add_(summed.view_as(p))
-            else:
-                grad = summed.view_as(p).clone()
+                scratch = _add_gaussian_noise_(
+                    summed, self.noise_multiplier * self.max_grad_norm, self.generator, scratch
+                )
             if self.distributed:
-                dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+                dist.all_reduce(summed, op=dist.ReduceOp.SUM)
             # Rounded to the parameters' dtype (bf16) only now, after the noise: post-processing.
-            p.grad = grad.div_(self.expected_batch_size_exact).to(p.dtype)
+            p.grad = summed.div_(self.expected_batch_size_exact).to(p.dtype)
             p.summed_grad = None
             p.grad_sample = None
         if self.on_step is not None:
