@@ -6,7 +6,8 @@
 
 Every (shape, mode) runs in a fresh subprocess with the real `Trainer` (non-DP) or `DPTrainer` (DP) over the
 same model, batch and data, and prints one JSON line with its ratios to the non-DP run of the same model:
-- time: median step time (the first step is warm-up and dropped);
+- time: median step time (the first step is warm-up and dropped), with the system CPU seconds and minor page
+  faults per step (the kernel zeroing fresh pages for large tensors; it varies between processes);
 - memory: peak RSS of the process (`memory_ratio`), and the peak RSS increase during `train()` over the
   RSS after set-up (`train_memory_ratio`: activations, gradients, per-sample state, optimizer state),
   sampled from /proc every 2 ms; `torch.cuda.max_memory_allocated` instead when run on a GPU.
@@ -136,19 +137,24 @@ def run_one(shape: str, mode: str, steps: int, bf16: bool) -> dict:
         )
         trainer = DPTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator)
     times: list[float] = []
+    system: list[tuple[float, int]] = []  # (system CPU seconds, minor page faults) of each step
 
     class StepTimer(TrainerCallback):
         start = 0.0
+        usage = None
 
         def on_step_begin(self, *a, **k):
             if cuda:
                 torch.cuda.synchronize()
+            StepTimer.usage = resource.getrusage(resource.RUSAGE_SELF)
             StepTimer.start = time.perf_counter()
 
         def on_step_end(self, *a, **k):
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - StepTimer.start)
+            now, then = resource.getrusage(resource.RUSAGE_SELF), StepTimer.usage
+            system.append((now.ru_stime - then.ru_stime, now.ru_minflt - then.ru_minflt))
 
     trainer.add_callback(StepTimer())
     before = _rss_mb()
@@ -160,6 +166,9 @@ def run_one(shape: str, mode: str, steps: int, bf16: bool) -> dict:
     measured = sorted(times[1:])
     out = {
         "median_step_s": measured[len(measured) // 2],
+        # the kernel's share of a step: mostly zeroing fresh pages for large tensors (glibc mmaps them)
+        "system_s_per_step": sum(s for s, _ in system[1:]) / len(system[1:]),
+        "page_faults_per_step": sum(f for _, f in system[1:]) // len(system[1:]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "train_peak_mb": peak.peak - before,
         "resolved_mode": resolve_clipping_mode(model, clipping_mode) if clipping_mode else None,
@@ -223,6 +232,8 @@ def main() -> None:
                 "bf16": args.bf16,
                 "repeats": args.repeats,
                 "median_step_s": round(r["median_step_s"], 4),
+                "system_s_per_step": round(r["system_s_per_step"], 3),
+                "page_faults_per_step": r["page_faults_per_step"],
                 "peak_rss_mb": round(r["peak_rss_mb"], 1),
                 "train_peak_mb": round(r["train_peak_mb"], 1),
                 "time_ratio": round(r["median_step_s"] / base["median_step_s"], 3),

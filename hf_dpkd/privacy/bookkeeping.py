@@ -408,17 +408,18 @@ class FastClippingModule(nn.Module):
                 p.grad = None
             return out
         out: dict[nn.Parameter, torch.Tensor] = {}
-        # (calls whose output the loss did not depend on have no grad); embedding rows last, so that a tied
-        # parameter's rows are added into its lm_head sum in place instead of through a full-size zeros tensor
-        pairs = [pc for call in calls if call.grad is not None for pc in _contributions(call, n)]
-        pairs.sort(key=lambda pc: pc[1][0] == "embed")
-        for p, c in pairs:
-            if p in out:
-                _add_clipped_(out[p], c, coef)
-            else:
-                out[p] = _clipped(c, coef, p.shape).to(
-                    accumulation_dtype(p.dtype)
-                )  # float32 for bf16 weights
+        # (calls whose output the loss did not depend on have no grad); embedding calls last, so that a tied
+        # parameter's rows are added into its lm_head sum in place instead of through a full-size zeros tensor.
+        # Each call's activation and output gradient are released once summed, as a backward frees them.
+        for call in sorted((c for c in calls if c.grad is not None), key=lambda c: c.kind == "embedding"):
+            for p, c in _contributions(call, n):
+                if p in out:
+                    _add_clipped_(out[p], c, coef)
+                else:
+                    out[p] = _clipped(c, coef, p.shape).to(
+                        accumulation_dtype(p.dtype)
+                    )  # float32 for bf16 weights
+            call.act = call.grad = None
         return out
 
     # -- Opacus-like housekeeping used by the engine ---------------------------------------------
