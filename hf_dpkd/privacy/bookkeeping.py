@@ -5,8 +5,8 @@ gradient of a weight is a sum of outer products, ``g_i = sum_t u_it v_it^T`` (u,
 activation and output gradient at position t). Two things follow (Bu et al., arXiv 2210.00038):
 
 - its norm needs neither a second backward nor the per-sample gradient itself: either the "ghost" form
-  ``||g_i||^2 = sum_{t,s} (u_t.u_s)(v_t.v_s)`` (cost T^2 (r + c)) or the materialised ``g_i`` (cost T r c),
-  whichever is cheaper for this layer and sequence length;
+  ``||g_i||^2 = sum_{t,s} (u_t.u_s)(v_t.v_s)`` (cost about T^2 (r + c) / 2: the Gram matrices are symmetric)
+  or the materialised ``g_i`` (cost T r c), whichever is cheaper for this layer and sequence length;
 - the clipped sum ``sum_i c_i g_i`` is ONE matrix product of the stored tensors with the per-sample factors
   ``c_i = min(1, C / ||g_i||)`` folded in, which costs what the non-private weight gradient costs.
 
@@ -166,6 +166,30 @@ def _materialise(c: tuple) -> torch.Tensor:
     return full.reshape(n, -1)
 
 
+#: positions per block of the ghost norm's Gram matrices (only the upper block triangle is computed)
+GRAM_BLOCK = 64
+
+
+def _gram_cost(t: int) -> int:
+    """Entries of the [T, T] Gram matrix `_symmetric_sum` computes: the upper block triangle, ~T (T + B) / 2."""
+    return sum(min(GRAM_BLOCK, t - a0) * (t - a0) for a0 in range(0, t, GRAM_BLOCK))
+
+
+def _symmetric_sum(pair_product, t: int) -> torch.Tensor:
+    """sum_{s,t} P_i[s, t] of a symmetric per-sample [n, T, T] product, from its upper block triangle only.
+
+    `pair_product(rows, cols)` returns P[:, rows, cols]. Row block a against columns a0..T holds the diagonal
+    block once and every block right of it once; those count twice in the full sum: 2 * all - diagonal.
+    Fewer multiplications than the full Gram matrices ((k + 1) / 2k of them for k blocks) in larger products."""
+    total = None
+    for a0 in range(0, t, GRAM_BLOCK):
+        a1 = min(a0 + GRAM_BLOCK, t)
+        prod = pair_product(slice(a0, a1), slice(a0, t))
+        part = prod.sum((1, 2)) if a1 == t else 2 * prod.sum((1, 2)) - prod[:, :, : a1 - a0].sum((1, 2))
+        total = part if total is None else total + part
+    return total
+
+
 def _self_norm2(c: tuple) -> torch.Tensor:
     """||g_i||^2 for one contribution: ghost (Gram matrices) or materialised, whichever costs less."""
     if c[0] == "dense":
@@ -175,12 +199,19 @@ def _self_norm2(c: tuple) -> torch.Tensor:
         t, r, cols = u.shape[1], u.shape[2], v.shape[2]
         if t == 1:
             return u.pow(2).sum((1, 2)) * v.pow(2).sum((1, 2))
-        if t * (r + cols) <= r * cols:  # ghost: T^2 (r + c) < T r c
-            return (torch.bmm(u, u.transpose(1, 2)) * torch.bmm(v, v.transpose(1, 2))).sum((1, 2))
+        if _gram_cost(t) * (r + cols) <= t * r * cols:  # ghost: ~T^2 / 2 (r + c) < T r c
+            return _symmetric_sum(
+                lambda a, b: (
+                    torch.bmm(u[:, a], u[:, b].transpose(1, 2)) * torch.bmm(v[:, a], v[:, b].transpose(1, 2))
+                ),
+                t,
+            )
         return torch.bmm(u.transpose(1, 2), v).pow(2).sum((1, 2))
     ids, v = c[1], c[2]
-    same = ids.unsqueeze(2) == ids.unsqueeze(1)
-    return (torch.bmm(v, v.transpose(1, 2)) * same).sum((1, 2))
+    return _symmetric_sum(
+        lambda a, b: torch.bmm(v[:, a], v[:, b].transpose(1, 2)) * (ids[:, a, None] == ids[:, None, b]),
+        ids.shape[1],
+    )
 
 
 def _cross(a: tuple, b: tuple) -> torch.Tensor:
