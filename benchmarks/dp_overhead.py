@@ -172,6 +172,7 @@ def run_one(shape: str, mode: str, steps: int, bf16: bool) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "train_peak_mb": peak.peak - before,
         "resolved_mode": resolve_clipping_mode(model, clipping_mode) if clipping_mode else None,
+        "device": torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} thread(s)",
     }
     if cuda:
         out["peak_rss_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -226,6 +227,7 @@ def main() -> None:
                 **{k: v for k, v in SHAPES[shape].items()},
                 "vocab": VOCAB,
                 "mode": mode,
+                "device": r["device"],
                 "resolved_mode": r["resolved_mode"],
                 "tied_embeddings": MODES[mode][0],
                 "baseline": MODES[mode][2],
