@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -291,6 +292,21 @@ def test_layer_opacus_cannot_handle(tmp_path):
 def test_delta_at_least_one_over_n_warns(tmp_path):
     with pytest.warns(UserWarning, match=r"target_delta=0.05 is >= 1/N"):
         _trainer(tmp_path, n=96, target_epsilon=1.0, target_delta=0.05)
+
+
+def test_reduced_precision_matmuls_warn_before_training(tmp_path):
+    """TF32 (or any float32 matmul precision below 'highest') rounds the per-sample norms to ~5e-5: warned."""
+    trainer = _trainer(tmp_path, max_steps=1, save_strategy="no", noise_multiplier=1.0)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        with pytest.warns(UserWarning, match=r"set_float32_matmul_precision\('highest'\)"):
+            trainer.train()
+    finally:
+        torch.set_float32_matmul_precision(before)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="float32 matrix products")
+        _trainer(tmp_path, max_steps=1, save_strategy="no", noise_multiplier=1.0).train()
 
 
 def test_resume_point_skips_a_checkpoint_a_kill_interrupted(tmp_path):

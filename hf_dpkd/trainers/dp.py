@@ -296,4 +296,13 @@ class DPTrainer(PrivacyReporting, Trainer):
                         f"resume_from_checkpoint=True but no checkpoint in {self.args.output_dir}."
                     )
             self.dp_session.restore(resume_from_checkpoint)
+        if torch.get_float32_matmul_precision() != "highest":
+            warnings.warn(
+                f"float32 matrix products run at reduced precision (torch.get_float32_matmul_precision() = "
+                f"{torch.get_float32_matmul_precision()!r}: TF32 on a GPU, e.g. tf32=True or "
+                "torch.backends.cuda.matmul.allow_tf32 = True): per-sample norms are then off by up to about "
+                "5e-5 of their value, so one example can move the update by slightly more than C. For DP "
+                "training set tf32=False or call torch.set_float32_matmul_precision('highest').",
+                stacklevel=2,
+            )
         return super().train(resume_from_checkpoint, *args, **kwargs)
