@@ -10,6 +10,11 @@ activation and output gradient at position t). Two things follow (Bu et al., arX
 - the clipped sum ``sum_i c_i g_i`` is ONE matrix product of the stored tensors with the per-sample factors
   ``c_i = min(1, C / ||g_i||)`` folded in, which costs what the non-private weight gradient costs.
 
+Where the per-sample gradients ``[n, r, c]`` take little more memory than the layer's stored input and output
+gradient (long sequences, narrow layers: `_worth_keeping`), `bookkeeping` materialises them as soon as the
+output gradient arrives and keeps them instead: the norm is their squares, the clipped sum their weighted sum,
+and the Gram matrices are never formed (the per-sample product costs what the clipped sum's product would).
+
 `mode="bookkeeping"` runs the forward with the trainable weights frozen (autograd then computes only the
 activation gradients a backward needs anyway), one backward, then the norms and the clipped sums.
 `mode="ghost"` is the two-backward variant (norms, then the gradient of ``sum_i c_i loss_i``); it keeps an
@@ -88,12 +93,14 @@ def uses_activation_checkpointing(model: nn.Module) -> bool:
 class _Call:
     """One forward call of a tracked layer: its input, and its output gradient once the backward ran."""
 
-    __slots__ = ("module", "kind", "act", "grad", "deferred")
+    __slots__ = ("module", "kind", "act", "grad", "deferred", "kept")
 
     def __init__(self, module: nn.Module, kind: str, act: torch.Tensor):
         self.module, self.kind, self.act = module, kind, act
         self.grad: torch.Tensor | None = None
         self.deferred = False
+        #: (parameter, its per-sample gradients [n, numel]) once materialised in place of act and grad
+        self.kept: list[tuple[nn.Parameter, torch.Tensor]] | None = None
 
 
 def _normalised(module: nn.Module, kind: str, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
@@ -188,6 +195,26 @@ def _symmetric_sum(pair_product, t: int) -> torch.Tensor:
         part = prod.sum((1, 2)) if a1 == t else 2 * prod.sum((1, 2)) - prod[:, :, : a1 - a0].sum((1, 2))
         total = part if total is None else total + part
     return total
+
+
+#: a call's per-sample gradients are materialised and kept in place of its input and output gradient when
+#: they take at most this many bytes more, or at most KEEP_SLACK more than what they replace
+KEEP_EXTRA_BYTES = 8 << 20
+KEEP_SLACK = 0.25
+
+
+def _worth_keeping(call: _Call, contribs: list[tuple[nn.Parameter, tuple]]) -> bool:
+    """Keep the call's per-sample gradients (n r c floats per weight) instead of its stored tensors (n T (r + c)
+    values)? The norm is then their squares and the clipped sum their weighted sum: no Gram matrices, and the
+    per-sample product costs what the clipped sum's one product would. Only where memory grows little."""
+    kept = 0
+    for _, c in contribs:
+        if c[0] == "embed":
+            return False
+        kept += c[1].numel() if c[0] == "dense" else c[1].shape[0] * c[1].shape[2] * c[2].shape[2]
+    held = call.act.numel() * call.act.element_size() + call.grad.numel() * call.grad.element_size()
+    extra = kept * 4 - held  # contributions are float32
+    return extra <= max(KEEP_EXTRA_BYTES, KEEP_SLACK * held)
 
 
 def _self_norm2(c: tuple) -> torch.Tensor:
@@ -354,11 +381,25 @@ class FastClippingModule(nn.Module):
         if call.act.shape[0] != self._n:
             self._wrong_batch = self._wrong_batch or call
             return
+        if call.kept is not None:
+            raise RuntimeError(
+                f"{type(call.module).__name__}'s output gradient arrived twice in one backward."
+            )
         call.grad = grad.detach() if call.grad is None else call.grad + grad.detach()
         if call.deferred:
             return
         n = call.act.shape[0]
-        for _, c in _contributions(call, n):
+        contribs = _contributions(call, n)
+        one_row_each = self._units is None or self._units.one_row_each
+        if self.mode == "bookkeeping" and one_row_each and _worth_keeping(call, contribs):
+            # float32 per-sample gradients, also under bf16 autocast
+            with torch.autocast(grad.device.type, enabled=False):
+                call.kept = [(p, _materialise(c)) for p, c in contribs]
+            for _, g in call.kept:
+                self._norm2 = self._norm2 + torch.linalg.vector_norm(g, dim=1).square()
+            call.act = call.grad = None  # the kept gradients replace them
+            return
+        for _, c in contribs:
             self._norm2 = self._norm2 + _self_norm2(_grouped(c, self._units))
         if self.mode == "ghost":  # nothing else needs this call: free its tensors now
             call.act = call.grad = None
@@ -439,6 +480,14 @@ class FastClippingModule(nn.Module):
                 p.grad = None
             return out
         out: dict[nn.Parameter, torch.Tensor] = {}
+        with torch.autocast(coef.device.type, enabled=False):
+            for call in calls:  # kept per-sample gradients: sum_i coef_i g_i, one matrix-vector product each
+                for p, g in call.kept or ():
+                    if p in out:
+                        out[p].view(-1).addmv_(g.t(), coef)
+                    else:
+                        out[p] = torch.mv(g.t(), coef).view(p.shape).to(accumulation_dtype(p.dtype))
+                call.kept = None
         # (calls whose output the loss did not depend on have no grad); embedding calls last, so that a tied
         # parameter's rows are added into its lm_head sum in place instead of through a full-size zeros tensor.
         # Each call's activation and output gradient are released once summed, as a backward frees them.
