@@ -55,26 +55,27 @@ def _median_norm(model, batch) -> float:
     return float(torch.tensor(norms).median())
 
 
-@pytest.mark.parametrize("family", list(MODEL_FACTORIES))
-def test_hooks_clipped_sum_matches_per_sample_loop(family):
-    model = MODEL_FACTORIES[family]()
+def check_against_per_sample_loop(family: str, mode: str, n: int = 7, micro: int = 3, device: str = "cpu"):
+    """The `mode` clipped sum of a tiny `family` model over micro-batches of `micro` rows, on `device`, against
+    the per-example loop (clip norm at the median per-sample norm: some examples clipped, some not)."""
+    model = MODEL_FACTORIES[family]().to(device)
     model.train()
-    batch = random_batch(7)
+    batch = {k: v.to(device) for k, v in random_batch(n).items()}
     clip = _median_norm(model, batch)
     ref = reference_clipped_sum(model, batch, clip)
-    ours = _clipped_sum(model, batch, clip, micro=3)
-    assert_matches_reference(ours, ref, what=f"hooks clipped sum, {family}", terms=7 * T)
+    ours = _clipped_sum(model, batch, clip, mode=mode, micro=micro)
+    assert_matches_reference(ours, ref, what=f"{mode} clipped sum on {device}, {family}", terms=n * T)
+    return ours
+
+
+@pytest.mark.parametrize("family", list(MODEL_FACTORIES))
+def test_hooks_clipped_sum_matches_per_sample_loop(family):
+    check_against_per_sample_loop(family, "hooks")
 
 
 @pytest.mark.parametrize("family", ["gpt2_untied", "llama"])
 def test_ghost_clipped_sum_matches_per_sample_loop(family):
-    model = MODEL_FACTORIES[family]()
-    model.train()
-    batch = random_batch(6)
-    clip = _median_norm(model, batch)
-    ref = reference_clipped_sum(model, batch, clip)
-    ours = _clipped_sum(model, batch, clip, mode="ghost", micro=4)
-    assert_matches_reference(ours, ref, what=f"ghost clipped sum, {family}", terms=6 * T)
+    check_against_per_sample_loop(family, "ghost", n=6, micro=4)
 
 
 @pytest.mark.parametrize("mode", ["bookkeeping", "auto", "ghost"])
@@ -84,13 +85,7 @@ def test_every_mode_matches_per_sample_loop(family, mode):
 
     One float32 limit for every mode: ghost (norms from Gram matrices) measures at most 5.0e-7 per tensor,
     the others 2.6e-7; the limit is 1e-5 (see the module docstring for what a broken variant gives)."""
-    model = MODEL_FACTORIES[family]()
-    model.train()
-    batch = random_batch(7)
-    clip = _median_norm(model, batch)
-    ref = reference_clipped_sum(model, batch, clip)
-    ours = _clipped_sum(model, batch, clip, mode=mode, micro=3)
-    assert_matches_reference(ours, ref, what=f"{mode} clipped sum, {family}", terms=7 * T)
+    check_against_per_sample_loop(family, mode)
 
 
 def test_ghost_with_tied_weights_is_clipped_not_refused():

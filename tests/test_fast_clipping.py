@@ -25,7 +25,7 @@ from hf_dpkd.privacy.engine import attach_grad_sampler, detach_grad_sampler, res
 from hf_dpkd.trainers.dp import DPConfig, DPTrainer
 from hf_dpkd.trainers.losses import dp_forward_kwargs, per_sequence_nll
 from tests.dp_models import MODEL_FACTORIES, VOCAB, random_batch, reference_clipped_sum, tiny_gpt2
-from tests.test_dp_engine import T, _clipped_sum, _median_norm
+from tests.test_dp_engine import T, _clipped_sum, _median_norm, check_against_per_sample_loop
 from tests.tolerances import assert_matches_reference
 
 
@@ -164,14 +164,8 @@ def test_kept_and_unkept_per_sample_gradients_match_per_sample_loop(family, keep
         return decisions[-1]
 
     monkeypatch.setattr(bookkeeping, "_worth_keeping", spy)
-    model = MODEL_FACTORIES[family]()
-    model.train()
-    batch = random_batch(7)
-    clip = _median_norm(model, batch)
-    ref = reference_clipped_sum(model, batch, clip)
-    ours = _clipped_sum(model, batch, clip, mode="bookkeeping", micro=3)
+    check_against_per_sample_loop(family, "bookkeeping")
     assert any(decisions) == keep
-    assert_matches_reference(ours, ref, what=f"bookkeeping, kept={keep}, {family}", terms=7 * T)
 
 
 @pytest.mark.parametrize(
@@ -288,12 +282,13 @@ def test_bf16_autocast_matches_the_same_reference_in_bf16(family):
     assert all(g.dtype == torch.float32 for g in ours.values())
 
 
-def _train(mode: str):
+def train_tiny_gpt2(mode: str, **overrides) -> dict[str, torch.Tensor]:
+    """The weights of a tiny tied GPT-2 after 3 DPTrainer steps (no noise unless `overrides` ask for it)."""
     torch.manual_seed(0)
     model = tiny_gpt2(tied=True)
     ids = torch.randint(1, VOCAB, (48, 10), generator=torch.Generator().manual_seed(5)).tolist()
     data = Dataset.from_dict({"input_ids": ids, "labels": ids})
-    args = DPConfig(
+    settings = dict(
         output_dir="/tmp/hf_dpkd_fast_clipping",
         per_device_train_batch_size=12,
         max_physical_batch_size=5,
@@ -301,7 +296,7 @@ def _train(mode: str):
         learning_rate=0.5,
         optim="sgd",
         disable_dp=True,
-        dp_seed=0,  # the same Poisson batches for every mode
+        dp_seed=0,  # the same Poisson batches (and noise, if any) for every mode
         per_sample_max_grad_norm=0.5,
         clipping_mode=mode,
         use_cpu=True,
@@ -310,6 +305,7 @@ def _train(mode: str):
         disable_tqdm=True,
         seed=0,
     )
+    args = DPConfig(**{**settings, **overrides})
     trainer = DPTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator)
     trainer.train()
     return {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -320,9 +316,9 @@ def test_dp_trainer_modes_take_the_same_steps():
 
     Weights after 3 steps, against hooks: measured relative error 4.2e-9 (tensor 5.4e-7: a bias that
     started at zero; element 0.34), limits 1e-5 and 16. Without the tied cross term: tensor 2.0e-2."""
-    hooks = _train("hooks")
+    hooks = train_tiny_gpt2("hooks")
     for mode in ("bookkeeping", "auto", "ghost"):
-        other = _train(mode)
+        other = train_tiny_gpt2(mode)
         # 3 steps of 12 examples x T positions; Poisson batches vary, so count 3 x 12 x T products
         assert_matches_reference(other, hooks, what=f"{mode} weights vs hooks", terms=3 * 12 * T)
 

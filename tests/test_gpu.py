@@ -7,13 +7,10 @@ TF32 off), so the float32 limits of `tests.tolerances` apply unchanged.
 
 import pytest
 import torch
-from datasets import Dataset
-from transformers import default_data_collator
 
 from hf_dpkd.privacy.engine import NOISE_CHUNK, _add_gaussian_noise_
-from hf_dpkd.trainers.dp import DPConfig, DPTrainer
-from tests.dp_models import MODEL_FACTORIES, VOCAB, random_batch, reference_clipped_sum, tiny_gpt2
-from tests.test_dp_engine import T, _clipped_sum, _median_norm
+from tests.test_dp_engine import T, check_against_per_sample_loop
+from tests.test_fast_clipping import train_tiny_gpt2
 from tests.tolerances import assert_matches_reference
 
 pytestmark = pytest.mark.skipif(
@@ -33,14 +30,8 @@ def _full_float32_matmuls():
 @pytest.mark.parametrize("family", ["gpt2_tied", "llama", "lora_gpt2"])
 def test_every_mode_matches_per_sample_loop_on_gpu(family, mode):
     """The CPU test of the same name, with the model, batch and reference on the GPU."""
-    model = MODEL_FACTORIES[family]().cuda()
-    model.train()
-    batch = {k: v.cuda() for k, v in random_batch(7).items()}
-    clip = _median_norm(model, batch)
-    ref = reference_clipped_sum(model, batch, clip)
-    ours = _clipped_sum(model, batch, clip, mode=mode, micro=3)
+    ours = check_against_per_sample_loop(family, mode, device="cuda")
     assert all(t.is_cuda for t in ours.values())
-    assert_matches_reference(ours, ref, what=f"{mode} clipped sum on GPU, {family}", terms=7 * T)
 
 
 def test_gpu_noise_is_torch_normal_with_the_stated_std():
@@ -59,30 +50,12 @@ def test_gpu_noise_is_torch_normal_with_the_stated_std():
 
 
 def _train_on_gpu(mode: str) -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    model = tiny_gpt2(tied=True)
-    ids = torch.randint(1, VOCAB, (48, 10), generator=torch.Generator().manual_seed(5)).tolist()
-    data = Dataset.from_dict({"input_ids": ids, "labels": ids})
-    args = DPConfig(
-        output_dir="/tmp/hf_dpkd_gpu",
-        per_device_train_batch_size=12,
-        max_physical_batch_size=5,
-        max_steps=3,
-        learning_rate=0.5,
-        optim="sgd",
-        noise_multiplier=0.5,
-        dp_seed=0,  # the same Poisson batches and the same noise for every mode
-        per_sample_max_grad_norm=0.5,
-        clipping_mode=mode,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
+    """3 noisy DPTrainer steps on the GPU (the same dp_seed: the same batches and noise in every mode)."""
+    weights = train_tiny_gpt2(
+        mode, output_dir="/tmp/hf_dpkd_gpu", use_cpu=False, disable_dp=False, noise_multiplier=0.5
     )
-    trainer = DPTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator)
-    trainer.train()
-    assert next(model.parameters()).is_cuda and trainer.args.device.type == "cuda"
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert all(t.is_cuda for t in weights.values())
+    return weights
 
 
 def test_dp_trainer_on_gpu_modes_take_the_same_noisy_steps():
